@@ -1,0 +1,34 @@
+# Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
+#
+#   make demo    set up (if needed) and run the demo graph, headless, inside a loopback-only netns
+#   make test    set up (if needed) and run every test, ROS tests isolated the same way
+#   make setup   build .venv: ROS 2 Kilted wheels, torch CPU, pinned deps, generated messages
+#   make lint    ruff
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+export MUJOCO_GL := egl
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint bench clean
+
+setup:
+	@tools/setup.sh
+
+test: setup
+	@tools/isolated.sh $(PY) -m pytest test -q $(PYTEST_ARGS)
+
+lint: setup
+	@$(VENV)/bin/ruff check twinbrain_ros test launch tools
+
+demo: setup
+	@tools/isolated.sh $(PY) -m twinbrain_ros.cli demo
+
+bench: setup
+	@tools/isolated.sh $(PY) -m twinbrain_ros.cli bench ros
+
+clean:
+	rm -rf build install log

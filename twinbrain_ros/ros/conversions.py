@@ -1,0 +1,315 @@
+# Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
+"""Message <-> core conversions, with boundary validation that names every problem.
+
+Each ``*_from_msg`` returns a core value or raises :class:`ValidationError` listing all the
+reasons the message was rejected; nodes log the reason, count it, and keep their last good state.
+
+ActionChunk <-> trajectory_msgs/JointTrajectory is lossless: the trajectory carries names, per-step
+times, positions and velocities natively; the chunk's metadata (chunk id, observation stamp, model
+id, frozen steps, inference time) travels in ``header.frame_id`` as ``twinbrain_ros/ActionChunk?k=v&...``,
+which joint_trajectory_controller ignores.
+
+Usage:
+    msg = chunk_to_msg(chunk)                  # core ActionChunk -> twinbrain_ros/msg/ActionChunk
+    chunk = chunk_from_msg(msg)                # validated; raises ValidationError
+    traj = chunk_msg_to_trajectory(msg); msg2 = trajectory_to_chunk_msg(traj)   # msg2 == msg
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import parse_qsl, quote, urlencode
+
+import numpy as np
+
+from twinbrain_ros.core.types import ActionChunk
+from twinbrain_ros.core.validation import ValidationError
+
+_NS = 1_000_000_000
+FRAME_PREFIX = "twinbrain_ros/ActionChunk?"
+
+
+# --- time --------------------------------------------------------------------------------------------
+
+
+def time_to_sec(t) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return t.sec + t.nanosec * 1e-9
+
+
+def time_to_ns(t) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(t.sec) * _NS + int(t.nanosec)
+
+
+def ns_to_time(ns: int):
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
+    sec, nsec = divmod(int(ns), _NS)
+    return Time(sec=int(sec), nanosec=int(nsec))
+
+
+def sec_to_time(s: float):
+    """Float seconds -> builtin_interfaces/Time (rounded to the nanosecond)."""
+    return ns_to_time(round(s * _NS))
+
+
+def duration_to_ns(d) -> int:
+    """builtin_interfaces/Duration -> integer nanoseconds."""
+    return int(d.sec) * _NS + int(d.nanosec)
+
+
+def ns_to_duration(ns: int):
+    """Integer nanoseconds -> builtin_interfaces/Duration."""
+    from builtin_interfaces.msg import Duration
+
+    sec, nsec = divmod(int(ns), _NS)
+    return Duration(sec=int(sec), nanosec=int(nsec))
+
+
+# --- ActionChunk ------------------------------------------------------------------------------------
+
+
+def chunk_to_msg(chunk: ActionChunk, frame_id: str = ""):
+    """Core ActionChunk -> twinbrain_ros/msg/ActionChunk."""
+    from twinbrain_ros.msg import ActionChunk as ActionChunkMsg
+
+    msg = ActionChunkMsg()
+    msg.header.stamp = sec_to_time(chunk.obs_stamp)
+    msg.header.frame_id = frame_id
+    msg.chunk_id = int(chunk.chunk_id)
+    msg.model_id = chunk.model_id
+    msg.joint_names = list(chunk.joint_names)
+    msg.t0 = sec_to_time(chunk.t0)
+    msg.step_dt = float(chunk.step_dt)
+    msg.horizon = int(chunk.horizon)
+    msg.positions = np.ascontiguousarray(chunk.positions, dtype=np.float32).ravel()
+    if chunk.velocities is not None:
+        msg.velocities = np.ascontiguousarray(chunk.velocities, dtype=np.float32).ravel()
+    msg.frozen_steps = int(chunk.frozen_steps)
+    msg.inference_ms = float(chunk.inference_ms)
+    return msg
+
+
+def check_chunk_msg(msg, expected_joints: tuple[str, ...] | None = None, now: float | None = None,
+                    max_future_s: float = 1.0, max_age_s: float = 2.0) -> list[str]:
+    """Every reason ``msg`` (an ActionChunk message) is unusable; empty if valid.
+
+    Args:
+        msg: twinbrain_ros/msg/ActionChunk.
+        expected_joints: the contract's joint names; the chunk must name the same set.
+        now: current time in seconds, to reject stamps far in the future or past.
+        max_future_s: largest allowed t0 - now.
+        max_age_s: largest allowed now - (time of the chunk's last step).
+    """
+    problems = []
+    names = list(msg.joint_names)
+    j, h = len(names), int(msg.horizon)
+    if j == 0:
+        problems.append("joint_names is empty")
+    if len(set(names)) != j:
+        problems.append(f"joint_names has duplicates: {names}")
+    if expected_joints is not None and set(names) != set(expected_joints):
+        unknown = sorted(set(names) - set(expected_joints))
+        missing = sorted(set(expected_joints) - set(names))
+        problems.append(f"joint_names mismatch: unknown {unknown}, missing {missing}")
+    if h < 1:
+        problems.append(f"horizon must be >= 1, got {h}")
+    if not (math.isfinite(msg.step_dt) and msg.step_dt > 0):
+        problems.append(f"step_dt must be > 0 and finite, got {msg.step_dt}")
+    n_pos = len(msg.positions)
+    if n_pos != h * j:
+        problems.append(f"positions has {n_pos} values, expected horizon*joints = {h}*{j} = {h * j}")
+    elif n_pos and not np.all(np.isfinite(np.asarray(msg.positions, dtype=np.float64))):
+        problems.append("positions contain NaN or inf")
+    n_vel = len(msg.velocities)
+    if n_vel not in (0, h * j):
+        problems.append(f"velocities has {n_vel} values, expected 0 or {h * j}")
+    elif n_vel and not np.all(np.isfinite(np.asarray(msg.velocities, dtype=np.float64))):
+        problems.append("velocities contain NaN or inf")
+    if msg.frozen_steps > max(h, 0):
+        problems.append(f"frozen_steps {msg.frozen_steps} exceeds horizon {h}")
+    if now is not None and not problems:
+        t0 = time_to_sec(msg.t0)
+        t_end = t0 + (h - 1) * msg.step_dt
+        if t0 - now > max_future_s:
+            problems.append(f"t0 is {t0 - now:.3f} s in the future (limit {max_future_s} s)")
+        if now - t_end > max_age_s:
+            problems.append(f"chunk ended {now - t_end:.3f} s ago (limit {max_age_s} s)")
+    return problems
+
+
+def chunk_from_msg(msg, expected_joints: tuple[str, ...] | None = None, now: float | None = None,
+                   max_future_s: float = 1.0, max_age_s: float = 2.0) -> ActionChunk:
+    """Validate an ActionChunk message and convert it, reordering columns to ``expected_joints``.
+
+    Raises:
+        ValidationError: listing every problem found.
+    """
+    problems = check_chunk_msg(msg, expected_joints, now, max_future_s, max_age_s)
+    if problems:
+        raise ValidationError(problems)
+    names = tuple(msg.joint_names)
+    h, j = int(msg.horizon), len(names)
+    pos = np.asarray(msg.positions, dtype=np.float64).reshape(h, j)
+    vel = np.asarray(msg.velocities, dtype=np.float64).reshape(h, j) if len(msg.velocities) else None
+    if expected_joints is not None and names != tuple(expected_joints):
+        order = [names.index(n) for n in expected_joints]
+        pos = pos[:, order]
+        vel = vel[:, order] if vel is not None else None
+        names = tuple(expected_joints)
+    return ActionChunk(joint_names=names, positions=pos, step_dt=float(msg.step_dt), t0=time_to_sec(msg.t0),
+                       obs_stamp=time_to_sec(msg.header.stamp), chunk_id=int(msg.chunk_id), velocities=vel,
+                       frozen_steps=int(msg.frozen_steps), inference_ms=float(msg.inference_ms),
+                       model_id=msg.model_id)
+
+
+def chunk_msg_to_trajectory(msg):
+    """twinbrain_ros/msg/ActionChunk -> trajectory_msgs/JointTrajectory (lossless, see module doc).
+
+    The trajectory's header stamp is the chunk's t0 (JTC starts the trajectory at header.stamp) and
+    point k has time_from_start = k * step_dt, rounded to the nanosecond.
+    """
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    traj = JointTrajectory()
+    traj.header.stamp = msg.t0
+    meta = {"id": msg.chunk_id, "obs": time_to_ns(msg.header.stamp), "model": msg.model_id,
+            "frozen": msg.frozen_steps, "ms": repr(float(msg.inference_ms)), "dt": repr(float(msg.step_dt)),
+            "frame": msg.header.frame_id}
+    traj.header.frame_id = FRAME_PREFIX + urlencode(meta, quote_via=quote)
+    traj.joint_names = list(msg.joint_names)
+    j, h = len(msg.joint_names), int(msg.horizon)
+    pos = np.asarray(msg.positions, dtype=np.float64).reshape(h, j)
+    vel = np.asarray(msg.velocities, dtype=np.float64).reshape(h, j) if len(msg.velocities) else None
+    for k in range(h):
+        p = JointTrajectoryPoint()
+        p.positions = pos[k].tolist()
+        if vel is not None:
+            p.velocities = vel[k].tolist()
+        p.time_from_start = ns_to_duration(round(k * msg.step_dt * _NS))
+        traj.points.append(p)
+    return traj
+
+
+def trajectory_to_chunk_msg(traj, default_model_id: str = "joint_trajectory"):
+    """trajectory_msgs/JointTrajectory -> twinbrain_ros/msg/ActionChunk.
+
+    Exact inverse of :func:`chunk_msg_to_trajectory`. A trajectory from another producer (no metadata)
+    must have uniformly spaced points; its step_dt is the spacing and its observation stamp the header
+    stamp.
+
+    Raises:
+        ValidationError: if the trajectory cannot be represented as a chunk.
+    """
+    from twinbrain_ros.msg import ActionChunk as ActionChunkMsg
+
+    problems = []
+    j = len(traj.joint_names)
+    h = len(traj.points)
+    if h == 0:
+        problems.append("trajectory has no points")
+    meta = {}
+    if traj.header.frame_id.startswith(FRAME_PREFIX):
+        meta = dict(parse_qsl(traj.header.frame_id[len(FRAME_PREFIX):], keep_blank_values=True))
+    times = [duration_to_ns(p.time_from_start) for p in traj.points]
+    if "dt" in meta:
+        step_dt = float(meta["dt"])
+    elif h >= 2:
+        step_dt = (times[1] - times[0]) / _NS
+    else:
+        step_dt = 0.0
+    if h and times[0] != 0 and not meta:
+        problems.append(f"first point must have time_from_start 0, got {times[0] / _NS} s")
+    if h >= 2 and not meta:
+        gaps = np.diff(times)
+        if np.any(np.abs(gaps - gaps[0]) > 1000):
+            problems.append("points are not uniformly spaced in time")
+    for k, p in enumerate(traj.points):
+        if len(p.positions) != j:
+            problems.append(f"point {k} has {len(p.positions)} positions for {j} joints")
+            break
+        if len(p.velocities) not in (0, j):
+            problems.append(f"point {k} has {len(p.velocities)} velocities for {j} joints")
+            break
+    if problems:
+        raise ValidationError(problems)
+    msg = ActionChunkMsg()
+    msg.t0 = traj.header.stamp
+    msg.header.stamp = ns_to_time(int(meta["obs"])) if "obs" in meta else traj.header.stamp
+    msg.header.frame_id = meta.get("frame", "")
+    msg.chunk_id = int(meta.get("id", 0))
+    msg.model_id = meta.get("model", default_model_id)
+    msg.frozen_steps = int(meta.get("frozen", 0))
+    msg.inference_ms = float(meta.get("ms", 0.0))
+    msg.joint_names = list(traj.joint_names)
+    msg.step_dt = step_dt
+    msg.horizon = h
+    msg.positions = np.asarray([p.positions for p in traj.points], dtype=np.float32).ravel()
+    if h and all(len(p.velocities) == j for p in traj.points) and j:
+        msg.velocities = np.asarray([p.velocities for p in traj.points], dtype=np.float32).ravel()
+    return msg
+
+
+# --- JointState ------------------------------------------------------------------------------------
+
+
+def joint_state_from_msg(msg, joint_names: tuple[str, ...],
+                         last_stamp: float | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """sensor_msgs/JointState -> (stamp, positions, velocities or None) in ``joint_names`` order.
+
+    The message may list its joints in any order and may carry extra joints; every contract joint
+    must be present.
+
+    Args:
+        msg: sensor_msgs/JointState.
+        joint_names: the contract's joint order.
+        last_stamp: stamp of the previously accepted message; a stamp older than it is rejected.
+
+    Raises:
+        ValidationError: listing every problem (missing/duplicate names, length mismatch, NaN/inf,
+            time going backwards).
+    """
+    problems = []
+    names = list(msg.name)
+    pos = np.asarray(msg.position, dtype=np.float64)
+    vel = np.asarray(msg.velocity, dtype=np.float64)
+    stamp = time_to_sec(msg.header.stamp)
+    if len(set(names)) != len(names):
+        problems.append(f"duplicate joint names: {names}")
+    if len(pos) != len(names):
+        problems.append(f"{len(names)} names but {len(pos)} positions")
+    if len(vel) not in (0, len(names)):
+        problems.append(f"{len(names)} names but {len(vel)} velocities")
+    missing = [n for n in joint_names if n not in names]
+    if missing:
+        problems.append(f"missing joints {missing} (got {names})")
+    if last_stamp is not None and stamp < last_stamp:
+        problems.append(f"stamp {stamp:.6f} is older than the previous one {last_stamp:.6f} (time went backwards)")
+    if not problems:
+        idx = [names.index(n) for n in joint_names]
+        pos = pos[idx]
+        bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(pos))]
+        if bad:
+            problems.append(f"non-finite positions for {bad}")
+        vel = vel[idx] if len(vel) else None
+        if vel is not None and not np.all(np.isfinite(vel)):
+            problems.append("non-finite velocities")
+    if problems:
+        raise ValidationError(problems)
+    return stamp, pos, vel
+
+
+def joint_state_to_msg(stamp: float, joint_names: tuple[str, ...], positions: np.ndarray,
+                       velocities: np.ndarray | None = None):
+    """(stamp, positions[, velocities]) -> sensor_msgs/JointState."""
+    from sensor_msgs.msg import JointState
+
+    msg = JointState()
+    msg.header.stamp = sec_to_time(stamp)
+    msg.name = list(joint_names)
+    msg.position = [float(x) for x in positions]
+    if velocities is not None:
+        msg.velocity = [float(x) for x in velocities]
+    return msg
