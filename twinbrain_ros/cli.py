@@ -1,0 +1,92 @@
+# Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
+"""The ``twinbrain`` command-line tool.
+
+Subcommands import what they need lazily, so ``twinbrain bringup`` starts on a machine without torch.
+
+Usage:
+    twinbrain doctor                      # check the environment
+    twinbrain bringup demo [--duration S] # start a profile's nodes without `ros2 launch`
+    twinbrain demo                        # run the demo graph and print a summary line
+    twinbrain bench ros [--json]          # DDS image latency and controller timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_bringup(a: argparse.Namespace) -> int:
+    from twinbrain_ros.bringup import command, load_profile, plan, run
+
+    nodes = plan(load_profile(a.profile), model=a.model, namespace=a.namespace, use_sim_time=a.use_sim_time)
+    if a.dry_run:
+        for n in nodes:
+            print(" ".join(command(n)))
+        return 0
+    print(f"[bringup] starting {[n.name for n in nodes]} from profile '{a.profile}'", file=sys.stderr)
+    return run(nodes, duration=a.duration)
+
+
+def _cmd_doctor(a: argparse.Namespace) -> int:
+    from twinbrain_ros.doctor import main as doctor_main
+
+    return doctor_main()
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from twinbrain_ros.demo import main as demo_main
+
+    return demo_main(a)
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    if a.what == "ros":
+        from twinbrain_ros.bench.ros_bench import main as bench_main
+    elif a.what == "model":
+        from twinbrain_ros.bench.model_bench import main as bench_main
+    else:
+        raise SystemExit(f"unknown benchmark '{a.what}'")
+    return bench_main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    ap = argparse.ArgumentParser(prog="twinbrain", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("bringup", help="start a profile's nodes as processes (like ros2 launch)")
+    p.add_argument("profile", help="profile name in config/profiles or a YAML path")
+    p.add_argument("--model", default="", help="checkpoint directory for the policy node")
+    p.add_argument("--namespace", default="")
+    p.add_argument("--use-sim-time", action="store_true")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    p.set_defaults(func=_cmd_bringup)
+
+    p = sub.add_parser("doctor", help="check the environment (venv, ROS wheels, messages, torch, EGL)")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("demo", help="run the demo graph and print a one-line summary")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds to run the graph")
+    p.add_argument("--out", default="out/demo", help="where the plot and logs go")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks: human table, and with --json a JSON last line")
+    p.add_argument("what", choices=["ros", "model"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="")
+    p.set_defaults(func=_cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``twinbrain`` executable."""
+    a = build_parser().parse_args(argv)
+    sys.exit(a.func(a) or 0)
+
+
+if __name__ == "__main__":
+    main()
