@@ -18,21 +18,39 @@ from twinbrain_ros.bringup import load_profile, plan
 
 def _nodes(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    nodes = plan(load_profile(get("profile")), model=get("model"), namespace=get("namespace"),
-                 use_sim_time=get("use_sim_time").lower() in ("1", "true", "yes"))
+    nodes = plan(
+        load_profile(get("profile")),
+        model=get("model"),
+        namespace=get("namespace"),
+        use_sim_time=get("use_sim_time").lower() in ("1", "true", "yes"),
+    )
     return [
-        Node(package="twinbrain_ros", executable=n.executable, name=n.name, namespace=n.namespace,
-             parameters=[n.params_file, n.overrides], output="screen", emulate_tty=True)
+        Node(
+            package="twinbrain_ros",
+            executable=n.executable,
+            name=n.name,
+            namespace=n.namespace,
+            parameters=[n.params_file, n.overrides],
+            output="screen",
+            emulate_tty=True,
+        )
         for n in nodes
     ]
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        DeclareLaunchArgument("profile", default_value="robot",
-                              description="Profile name in config/profiles (or a YAML path)."),
-        DeclareLaunchArgument("model", default_value="", description="Checkpoint directory for the policy."),
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node."),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock time."),
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "profile",
+                default_value="robot",
+                description="Profile name in config/profiles (or a YAML path).",
+            ),
+            DeclareLaunchArgument(
+                "model", default_value="", description="Checkpoint directory for the policy."
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node."),
+            DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock time."),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

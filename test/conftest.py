@@ -84,10 +84,15 @@ def start_node(tmp_path, ros_domain):
             pfile.write_text(yaml.safe_dump({name: {"ros__parameters": params}}))
             cmd += ["--params-file", str(pfile)]
         log_path = tmp_path / f"{name}.log"
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                        PYTHONUNBUFFERED="1", **(env or {}))
-        proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=full_env,
-                                cwd=str(ROOT))
+        full_env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            PYTHONUNBUFFERED="1",
+            **(env or {}),
+        )
+        proc = subprocess.Popen(
+            cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT)
+        )
         np_ = NodeProcess(proc, log_path)
         procs.append(np_)
         return np_

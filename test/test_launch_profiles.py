@@ -81,11 +81,15 @@ def _evaluate_launch(monkeypatch, args: dict[str, str]) -> list[dict]:
 @pytest.mark.parametrize("args", [{}, {"namespace": "arm1", "use_sim_time": "true", "model": "models/x"}])
 def test_launch_file_and_bringup_start_the_same_graph(monkeypatch, profile, args):
     launched = _evaluate_launch(monkeypatch, {"profile": profile, **args})
-    planned = plan(load_profile(profile), model=args.get("model", ""), namespace=args.get("namespace", ""),
-                   use_sim_time=args.get("use_sim_time") == "true")
+    planned = plan(
+        load_profile(profile),
+        model=args.get("model", ""),
+        namespace=args.get("namespace", ""),
+        use_sim_time=args.get("use_sim_time") == "true",
+    )
     assert [n["executable"] for n in launched] == [p.executable for p in planned]
     assert [n["name"] for n in launched] == [p.name for p in planned]
-    for n, p in zip(launched, planned):
+    for n, p in zip(launched, planned, strict=True):
         assert n["package"] == "twinbrain_ros"
         assert n["namespace"] == p.namespace
         assert n["parameters"] == [p.params_file, p.overrides]

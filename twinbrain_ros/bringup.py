@@ -27,8 +27,14 @@ from typing import Any
 import yaml
 
 # Executables this package installs, by node name.
-EXECUTABLES = ("policy_node", "controller_node", "kinematic_robot_node", "sim_node", "recorder_node",
-               "expert_node")
+EXECUTABLES = (
+    "policy_node",
+    "controller_node",
+    "kinematic_robot_node",
+    "sim_node",
+    "recorder_node",
+    "expert_node",
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,9 @@ def load_profile(name_or_path: str) -> Profile:
     if not (p.suffix in (".yaml", ".yml") and p.exists()):
         found = [d / f"{name_or_path}.yaml" for d in profile_dirs() if (d / f"{name_or_path}.yaml").exists()]
         if not found:
-            raise FileNotFoundError(f"profile '{name_or_path}' not found in {[str(d) for d in profile_dirs()]}")
+            raise FileNotFoundError(
+                f"profile '{name_or_path}' not found in {[str(d) for d in profile_dirs()]}"
+            )
         p = found[0]
     data = yaml.safe_load(p.read_text()) or {}
     if not isinstance(data, dict) or not data:
@@ -104,15 +112,24 @@ def load_profile(name_or_path: str) -> Profile:
     return Profile(name=p.stem, path=p.resolve(), nodes=nodes)
 
 
-def plan(profile: Profile, *, model: str = "", namespace: str = "", use_sim_time: bool = False) -> list[NodeLaunch]:
+def plan(
+    profile: Profile, *, model: str = "", namespace: str = "", use_sim_time: bool = False
+) -> list[NodeLaunch]:
     """The nodes a profile starts, with the launch arguments applied as parameter overrides."""
     out = []
     for name in profile.nodes:
         overrides: dict[str, Any] = {"use_sim_time": bool(use_sim_time)}
         if model and name == "policy_node":
             overrides["model_dir"] = model
-        out.append(NodeLaunch(executable=name, name=name, namespace=namespace, params_file=str(profile.path),
-                              overrides=overrides))
+        out.append(
+            NodeLaunch(
+                executable=name,
+                name=name,
+                namespace=namespace,
+                params_file=str(profile.path),
+                overrides=overrides,
+            )
+        )
     return out
 
 
@@ -121,8 +138,9 @@ def command(node: NodeLaunch, python: str = sys.executable) -> list[str]:
     return [python, "-m", f"twinbrain_ros.nodes.{node.executable}", *node.ros_args()]
 
 
-def run_background(nodes: list[NodeLaunch], log_dir: Path | None = None,
-                   env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+def run_background(
+    nodes: list[NodeLaunch], log_dir: Path | None = None, env: dict[str, str] | None = None
+) -> list[subprocess.Popen]:
     """Start every node as a process and return at once (stop them with :func:`stop_all`)."""
     procs = []
     full_env = dict(os.environ, **(env or {}))
@@ -131,19 +149,24 @@ def run_background(nodes: list[NodeLaunch], log_dir: Path | None = None,
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / f"{n.name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        procs.append(subprocess.Popen(command(n), env=full_env, stdout=out,
-                                      stderr=subprocess.STDOUT if out else None))
+        procs.append(
+            subprocess.Popen(command(n), env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        )
     return procs
 
 
-def run(nodes: list[NodeLaunch], duration: float | None = None, log_dir: Path | None = None,
-        env: dict[str, str] | None = None) -> int:
+def run(
+    nodes: list[NodeLaunch],
+    duration: float | None = None,
+    log_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
     """Start every node as a process; stop all on Ctrl-C, after ``duration`` s, or when one exits.
 
     Returns:
         0 if all nodes ran until stopped, else the first non-zero exit code.
     """
-    procs = list(zip(nodes, run_background(nodes, log_dir, env)))
+    procs = list(zip(nodes, run_background(nodes, log_dir, env), strict=True))
     rc = 0
     start = time.monotonic()
     try:

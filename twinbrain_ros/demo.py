@@ -35,8 +35,11 @@ def main(a) -> int:
     profile = load_profile("demo")
     emb = load_embodiment(profile.nodes["controller_node"].get("embodiment", "so101"))
     names = emb.joint_names
-    print(f"[demo] profile '{profile.name}': {list(profile.nodes)}; policy = scripted wiring policy "
-          "(scripted_sine), not a trained model", file=sys.stderr)
+    print(
+        f"[demo] profile '{profile.name}': {list(profile.nodes)}; policy = scripted wiring policy "
+        "(scripted_sine), not a trained model",
+        file=sys.stderr,
+    )
     procs = run_background(plan(profile), log_dir=out / "logs")
 
     rclpy.init()
@@ -90,11 +93,19 @@ def main(a) -> int:
     else:
         jump_ratio = float("nan")
     png = out / "joints.png"
-    _plot(png, names, np.asarray(cmd_t) - (cmd_t[0] if cmd_t else 0), cq,
-          np.asarray(js_t) - (js_t[0] if js_t else 0), np.asarray(js_q) if js_q else cq[:0])
-    print(f"demo: policy=scripted_sine(wiring) chunks={len(chunks)} p50_infer_ms={p50:.2f} "
-          f"control_hz={control_hz:.1f} max_step_vs_vel_limit={jump_ratio:.2f} "
-          f"controller_mode={cstat[-1].mode if cstat else 'none'} wall_s={time.time() - t_wall0:.1f}")
+    _plot(
+        png,
+        names,
+        np.asarray(cmd_t) - (cmd_t[0] if cmd_t else 0),
+        cq,
+        np.asarray(js_t) - (js_t[0] if js_t else 0),
+        np.asarray(js_q) if js_q else cq[:0],
+    )
+    print(
+        f"demo: policy=scripted_sine(wiring) chunks={len(chunks)} p50_infer_ms={p50:.2f} "
+        f"control_hz={control_hz:.1f} max_step_vs_vel_limit={jump_ratio:.2f} "
+        f"controller_mode={cstat[-1].mode if cstat else 'none'} wall_s={time.time() - t_wall0:.1f}"
+    )
     print(f"plot: {png}  logs: {out / 'logs'}")
     return 0 if ok else 1
 

@@ -8,13 +8,13 @@ import os
 import sys
 
 
-def _check(label: str, fn) -> bool:
+def _check(label: str, fn, required: bool = True) -> bool:
     try:
         detail = fn()
-        print(f"  ok    {label}: {detail}")
+        print(f"  ok       {label}: {detail}")
         return True
     except Exception as e:  # noqa: BLE001 - report any failure as a line
-        print(f"  FAIL  {label}: {type(e).__name__}: {e}")
+        print(f"  {'FAIL' if required else 'missing':<8} {label}: {type(e).__name__}: {e}")
         return False
 
 
@@ -25,8 +25,12 @@ def main() -> int:
         ("numpy", lambda: importlib.import_module("numpy").__version__),
         ("rclpy", lambda: (importlib.import_module("rclpy"), "importable")[1]),
         ("messages", lambda: (importlib.import_module("twinbrain_ros.msg").ActionChunk, "built")[1]),
-        ("embodiment so101", lambda: ", ".join(
-            importlib.import_module("twinbrain_ros.core.embodiment").load_embodiment("so101").joint_names)),
+        (
+            "embodiment so101",
+            lambda: ", ".join(
+                importlib.import_module("twinbrain_ros.core.embodiment").load_embodiment("so101").joint_names
+            ),
+        ),
     ]
     optional = [
         ("torch (extra: model)", lambda: importlib.import_module("torch").__version__),
@@ -36,11 +40,17 @@ def main() -> int:
         ("mujoco (extra: sim)", lambda: importlib.import_module("mujoco").__version__),
         ("MUJOCO_GL", lambda: os.environ.get("MUJOCO_GL") or "unset (set MUJOCO_GL=egl for headless)"),
         ("ROS_DOMAIN_ID", lambda: os.environ.get("ROS_DOMAIN_ID", "unset (0)")),
-        ("FASTDDS_DEFAULT_PROFILES_FILE", lambda: os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
-         or "unset (camera images > 512 KB fall back to UDP; see config/fastdds_shm.xml)"),
+        (
+            "FASTDDS_DEFAULT_PROFILES_FILE",
+            lambda: (
+                os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+                or "unset (camera images > 512 KB fall back to UDP; see config/fastdds_shm.xml)"
+            ),
+        ),
     ]
-    ok = all([_check(n, f) for n, f in required])
+    results = [_check(n, f) for n, f in required]  # run every check, not just up to the first failure
+    ok = all(results)
     print("optional:")
     for n, f in optional:
-        _check(n, f)
+        _check(n, f, required=False)
     return 0 if ok else 1

@@ -38,7 +38,7 @@ def main() -> None:
     # Stand in for a C++ camera driver, whose message conversion costs next to nothing: serialise the
     # frame once and patch the stamp and sequence number into the CDR bytes for every send, so the
     # measured latency is transport + the subscriber's own deserialisation, not Python-side packing.
-    msg.header.frame_id = "%08d" % 0
+    msg.header.frame_id = f"{0:08d}"
     template = bytearray(serialize_message(msg))
     seq_at = template.index(b"00000000")
     end = time.monotonic() + 20.0
@@ -52,7 +52,7 @@ def main() -> None:
         stamp = sec_to_time(time.time())
         # CDR: 4-byte encapsulation header, then header.stamp.sec (int32) and .nanosec (uint32), LE.
         struct.pack_into("<iI", template, 4, stamp.sec, stamp.nanosec)
-        template[seq_at:seq_at + 8] = b"%08d" % i
+        template[seq_at : seq_at + 8] = b"%08d" % i
         pub.publish(bytes(template))
         time.sleep(max(0.0, t_next - time.monotonic()))
     time.sleep(0.5)

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 from typing import Any
 
 import numpy as np

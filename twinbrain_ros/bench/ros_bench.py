@@ -45,15 +45,18 @@ def bench_images(duration: float) -> dict:
         np.frombuffer(msg.data, dtype=np.uint8)
         seen.add(int(msg.header.frame_id))
 
-    node.create_subscription(Image, "bench/image", on_image,
-                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(
+        Image, "bench/image", on_image, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    )
     # Spin in a thread with one executor (not spin_once in a loop, which rebuilds the wait set each
     # call and adds ~1 ms) while this thread waits for the publisher process.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    pub = subprocess.Popen([sys.executable, "-m", "twinbrain_ros.bench.image_publisher", "--count", str(count)])
+    pub = subprocess.Popen(
+        [sys.executable, "-m", "twinbrain_ros.bench.image_publisher", "--count", str(count)]
+    )
     try:
         pub.wait(timeout=count / 30.0 + 30.0)
         time.sleep(0.3)
@@ -66,8 +69,12 @@ def bench_images(duration: float) -> dict:
     # The first frames can be lost to discovery on a reliable topic only if the publisher starts early;
     # it waits for us, so every missing index is a real drop.
     drops = count - len(seen)
-    return {"frames": count, "received": len(seen), "drops": drops, **{f"latency_ms_{k}": v
-            for k, v in percentiles(lat).items()}}
+    return {
+        "frames": count,
+        "received": len(seen),
+        "drops": drops,
+        **{f"latency_ms_{k}": v for k, v in percentiles(lat).items()},
+    }
 
 
 def bench_controller(duration: float, log_dir: Path) -> dict:
@@ -83,7 +90,9 @@ def bench_controller(duration: float, log_dir: Path) -> dict:
     node = rclpy.create_node("bench_controller_monitor")
     arrivals: list[float] = []
     status: list[ControllerStatus] = []
-    node.create_subscription(JointTrajectory, "joint_command", lambda m: arrivals.append(time.monotonic()), 50)
+    node.create_subscription(
+        JointTrajectory, "joint_command", lambda m: arrivals.append(time.monotonic()), 50
+    )
     node.create_subscription(ControllerStatus, "controller_node/status", status.append, 10)
     try:
         # Wait until the controller is tracking chunks, then measure.
@@ -126,7 +135,9 @@ def main(a) -> int:
         ("command inter-arrival error p99 (subscriber)", f"{ctl['rx_interarrival_error_ms_p99']:.3f} ms", ""),
     ]
     print_table("twinbrain bench ros", rows)
-    ok = (img["drops"] == 0 and img["latency_ms_p50"] <= 2.0 and ctl["period_error_ms_p99"] <= 2.0)
+    ok = img["drops"] == 0 and img["latency_ms_p50"] <= 2.0 and ctl["period_error_ms_p99"] <= 2.0
     if a.json:
-        print_json({"bench": "ros", "machine": machine(), "images": img, "controller": ctl, "targets_met": ok})
+        print_json(
+            {"bench": "ros", "machine": machine(), "images": img, "controller": ctl, "targets_met": ok}
+        )
     return 0

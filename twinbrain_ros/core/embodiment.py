@@ -96,7 +96,9 @@ class Embodiment:
         for c in self.cameras:
             if c.name == name:
                 return c
-        raise KeyError(f"camera '{name}' is not in embodiment '{self.name}' (cameras: {list(self.camera_names)})")
+        raise KeyError(
+            f"camera '{name}' is not in embodiment '{self.name}' (cameras: {list(self.camera_names)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The contract as plain YAML-able data (the inverse of :func:`parse_embodiment`)."""
@@ -105,8 +107,13 @@ class Embodiment:
             "name": self.name,
             "version": self.version,
             "joints": [
-                {"name": n, "lower": float(lim.lower[i]), "upper": float(lim.upper[i]),
-                 "max_velocity": float(lim.max_velocity[i]), "max_acceleration": float(lim.max_acceleration[i])}
+                {
+                    "name": n,
+                    "lower": float(lim.lower[i]),
+                    "upper": float(lim.upper[i]),
+                    "max_velocity": float(lim.max_velocity[i]),
+                    "max_acceleration": float(lim.max_acceleration[i]),
+                }
                 for i, n in enumerate(self.joint_names)
             ],
             "cameras": [asdict(c) for c in self.cameras],
@@ -118,7 +125,9 @@ class Embodiment:
         """The contract as YAML text (embedded in bags, datasets and checkpoints)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def check_compatible(self, other: Embodiment, self_label: str = "node", other_label: str = "other") -> None:
+    def check_compatible(
+        self, other: Embodiment, self_label: str = "node", other_label: str = "other"
+    ) -> None:
         """Raise ValidationError listing every difference that would break execution.
 
         Joint names/order, camera names and resolutions and the action space must match; limits and
@@ -126,8 +135,10 @@ class Embodiment:
         """
         problems = []
         if self.joint_names != other.joint_names:
-            problems.append(f"joint order differs: {self_label} {list(self.joint_names)} vs "
-                            f"{other_label} {list(other.joint_names)}")
+            problems.append(
+                f"joint order differs: {self_label} {list(self.joint_names)} vs "
+                f"{other_label} {list(other.joint_names)}"
+            )
         a = {c.name: (c.width, c.height) for c in self.cameras}
         b = {c.name: (c.width, c.height) for c in other.cameras}
         if set(a) != set(b):
@@ -135,13 +146,18 @@ class Embodiment:
         else:
             for n in a:
                 if a[n] != b[n]:
-                    problems.append(f"camera '{n}' resolution differs: {self_label} {a[n][0]}x{a[n][1]} vs "
-                                    f"{other_label} {b[n][0]}x{b[n][1]}")
+                    problems.append(
+                        f"camera '{n}' resolution differs: {self_label} {a[n][0]}x{a[n][1]} vs "
+                        f"{other_label} {b[n][0]}x{b[n][1]}"
+                    )
         if self.action.type != other.action.type:
-            problems.append(f"action.type differs: {self_label} {self.action.type} vs {other_label} "
-                            f"{other.action.type}")
+            problems.append(
+                f"action.type differs: {self_label} {self.action.type} vs {other_label} {other.action.type}"
+            )
         if problems:
-            raise ValidationError([f"embodiment mismatch ({self.name} vs {other.name}): {p}" for p in problems])
+            raise ValidationError(
+                [f"embodiment mismatch ({self.name} vs {other.name}): {p}" for p in problems]
+            )
 
 
 def _num(d: dict, key: str, where: str, problems: list[str], positive: bool = False) -> float:
@@ -219,13 +235,24 @@ def parse_embodiment(data: Any, source: str = "<dict>") -> Embodiment:
                 problems.append(f"{where}.{key} must be a positive integer, got {v!r}")
         if enc not in IMAGE_ENCODINGS:
             problems.append(f"{where}.encoding must be one of {list(IMAGE_ENCODINGS)}, got {enc!r}")
-        cams.append(CameraSpec(name=str(cn), topic=str(topic), width=w if isinstance(w, int) else 0,
-                               height=h if isinstance(h, int) else 0, encoding=str(enc)))
+        cams.append(
+            CameraSpec(
+                name=str(cn),
+                topic=str(topic),
+                width=w if isinstance(w, int) else 0,
+                height=h if isinstance(h, int) else 0,
+                encoding=str(enc),
+            )
+        )
     r = data.get("rates") if isinstance(data.get("rates"), dict) else {}
     if not r:
         problems.append("rates must be a mapping with control_hz, policy_hz, camera_hz, state_hz")
-    rates = Rates(*(_num(r, k, "rates", problems, positive=True)
-                    for k in ("control_hz", "policy_hz", "camera_hz", "state_hz")))
+    rates = Rates(
+        *(
+            _num(r, k, "rates", problems, positive=True)
+            for k in ("control_hz", "policy_hz", "camera_hz", "state_hz")
+        )
+    )
     a = data.get("action") if isinstance(data.get("action"), dict) else {}
     atype = a.get("type")
     if atype not in ACTION_TYPES:
@@ -238,9 +265,16 @@ def parse_embodiment(data: Any, source: str = "<dict>") -> Embodiment:
     if problems:
         raise ValidationError([f"{source}: {p}" for p in problems])
     limits = JointLimits(**{k: np.asarray(v, dtype=np.float64) for k, v in cols.items()})
-    return Embodiment(name=name, version=int(version), joint_names=tuple(names), limits=limits,
-                      cameras=tuple(cams), rates=rates, action=ActionSpace(str(atype), horizon, step_dt),
-                      source=source)
+    return Embodiment(
+        name=name,
+        version=int(version),
+        joint_names=tuple(names),
+        limits=limits,
+        cameras=tuple(cams),
+        rates=rates,
+        action=ActionSpace(str(atype), horizon, step_dt),
+        source=source,
+    )
 
 
 def embodiment_search_dirs() -> list[Path]:
@@ -265,8 +299,9 @@ def resolve_embodiment_path(name_or_path: str) -> Path:
         cand = d / f"{name_or_path}.yaml"
         if cand.exists():
             return cand
-    raise FileNotFoundError(f"embodiment '{name_or_path}' not found as a file or in "
-                            f"{[str(d) for d in embodiment_search_dirs()]}")
+    raise FileNotFoundError(
+        f"embodiment '{name_or_path}' not found as a file or in {[str(d) for d in embodiment_search_dirs()]}"
+    )
 
 
 def load_embodiment(name_or_path: str) -> Embodiment:

@@ -22,8 +22,9 @@ class ValidationError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
-def check_range(name: str, value: Any, low: float | None, high: float | None,
-                choices: Sequence[str] | None = None) -> str | None:
+def check_range(
+    name: str, value: Any, low: float | None, high: float | None, choices: Sequence[str] | None = None
+) -> str | None:
     """Return a message naming ``name`` and the allowed range if ``value`` is outside it, else None."""
     if choices is not None:
         if value not in choices:

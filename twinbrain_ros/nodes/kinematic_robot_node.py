@@ -36,13 +36,17 @@ class KinematicRobotParams:
 
     embodiment: str = param("so101", "Embodiment contract name (config/embodiments) or YAML path.")
     state_rate_hz: float = param(100.0, "joint_states publish rate.", low=1.0, high=1000.0)
-    camera_rate_hz: float = param(30.0, "Camera publish rate (every camera in the contract).", low=0.0,
-                                  high=120.0)
-    command_interface: str = param("joint_trajectory", "Type of the command topic.", choices=COMMAND_INTERFACES)
+    camera_rate_hz: float = param(
+        30.0, "Camera publish rate (every camera in the contract).", low=0.0, high=120.0
+    )
+    command_interface: str = param(
+        "joint_trajectory", "Type of the command topic.", choices=COMMAND_INTERFACES
+    )
     command_topic: str = param("joint_command", "Topic the controller's joint commands arrive on.")
     joint_states_topic: str = param("joint_states", "Where joint states are published.")
-    tracking_time_constant: float = param(0.02, "First-order lag of the joints towards the command, s.",
-                                          low=0.0, high=5.0)
+    tracking_time_constant: float = param(
+        0.02, "First-order lag of the joints towards the command, s.", low=0.0, high=5.0
+    )
     initial_positions: tuple[float, ...] = param((), "Initial joint positions; empty = middle of the limits.")
 
 
@@ -56,8 +60,12 @@ class KinematicRobotNode(Node):
         lim = self.emb.limits
         if self.p.initial_positions:
             if len(self.p.initial_positions) != self.emb.num_joints:
-                raise ValidationError([f"initial_positions has {len(self.p.initial_positions)} values for "
-                                       f"{self.emb.num_joints} joints"])
+                raise ValidationError(
+                    [
+                        f"initial_positions has {len(self.p.initial_positions)} values for "
+                        f"{self.emb.num_joints} joints"
+                    ]
+                )
             self.q = np.asarray(self.p.initial_positions, dtype=np.float64)
         else:
             self.q = 0.5 * (lim.lower + lim.upper)
@@ -75,9 +83,11 @@ class KinematicRobotNode(Node):
         self.create_timer(1.0 / self.p.state_rate_hz, self._on_state_timer)
         if self.p.camera_rate_hz > 0 and self.pub_cams:
             self.create_timer(1.0 / self.p.camera_rate_hz, self._on_camera_timer)
-        self.get_logger().info(f"kinematic stand-in robot for '{self.emb.name}' ({self.emb.num_joints} joints, "
-                               f"cameras {list(self.emb.camera_names)}), commands on "
-                               f"'{self.p.command_topic}' as {self.p.command_interface}")
+        self.get_logger().info(
+            f"kinematic stand-in robot for '{self.emb.name}' ({self.emb.num_joints} joints, "
+            f"cameras {list(self.emb.camera_names)}), commands on "
+            f"'{self.p.command_topic}' as {self.p.command_interface}"
+        )
 
     def _make_command_sub(self) -> None:
         if self.p.command_interface == "joint_trajectory":
@@ -97,8 +107,9 @@ class KinematicRobotNode(Node):
         pos = np.asarray(positions, dtype=np.float64)
         if len(names) != len(pos) or not np.all(np.isfinite(pos)):
             self.rejected += 1
-            self.get_logger().warn("command rejected: names/positions mismatch or non-finite values",
-                                   throttle_duration_sec=1.0)
+            self.get_logger().warn(
+                "command rejected: names/positions mismatch or non-finite values", throttle_duration_sec=1.0
+            )
             return
         index = {n: i for i, n in enumerate(names)}
         missing = [n for n in self.emb.joint_names if n not in index]
@@ -107,8 +118,9 @@ class KinematicRobotNode(Node):
             self.get_logger().warn(f"command rejected: missing joints {missing}", throttle_duration_sec=1.0)
             return
         with self._lock:
-            self.target = np.clip(pos[[index[n] for n in self.emb.joint_names]], self.emb.limits.lower,
-                                  self.emb.limits.upper)
+            self.target = np.clip(
+                pos[[index[n] for n in self.emb.joint_names]], self.emb.limits.lower, self.emb.limits.upper
+            )
 
     def _on_trajectory(self, msg) -> None:
         if msg.points:
@@ -129,8 +141,9 @@ class KinematicRobotNode(Node):
             target = self.target
         tau = self.p.tracking_time_constant
         alpha = 1.0 if tau <= 0 else 1.0 - np.exp(-dt / tau)
-        step = np.clip(alpha * (target - self.q), -self.emb.limits.max_velocity * dt,
-                       self.emb.limits.max_velocity * dt)
+        step = np.clip(
+            alpha * (target - self.q), -self.emb.limits.max_velocity * dt, self.emb.limits.max_velocity * dt
+        )
         self.qd = step / dt if dt > 0 else np.zeros_like(self.q)
         self.q = self.q + step
         self.pub_js.publish(joint_state_to_msg(t, self.emb.joint_names, self.q, self.qd))
@@ -156,7 +169,7 @@ def render_bars(q: np.ndarray, lower: np.ndarray, upper: np.ndarray, width: int,
     for j in range(n):
         x0 = (2 * j + 1) * bar_w
         top = int(round((1.0 - frac[j]) * (height - 1)))
-        img[top:, x0:x0 + bar_w] = (230, 200, 40)
+        img[top:, x0 : x0 + bar_w] = (230, 200, 40)
     return img
 
 

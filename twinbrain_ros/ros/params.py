@@ -27,8 +27,15 @@ T = TypeVar("T")
 _META = "twinbrain_param"
 
 
-def param(default: Any, description: str, *, low: float | None = None, high: float | None = None,
-          choices: Sequence[str] | None = None, read_only: bool = True) -> Any:
+def param(
+    default: Any,
+    description: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: Sequence[str] | None = None,
+    read_only: bool = True,
+) -> Any:
     """A dataclass field carrying a ROS parameter's description and allowed range.
 
     Args:
@@ -39,8 +46,15 @@ def param(default: Any, description: str, *, low: float | None = None, high: flo
         choices: allowed values for strings.
         read_only: whether the value is fixed after start-up.
     """
-    meta = {_META: {"description": description, "low": low, "high": high,
-                        "choices": tuple(choices) if choices else None, "read_only": read_only}}
+    meta = {
+        _META: {
+            "description": description,
+            "low": low,
+            "high": high,
+            "choices": tuple(choices) if choices else None,
+            "read_only": read_only,
+        }
+    }
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default_factory=lambda: tuple(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -120,12 +134,18 @@ def declare_and_read(node: Any, cls: type[T], prefix: str = "") -> T:
         # Ranges on the descriptor let `ros2 param set` refuse bad values too; they are only
         # expressible for scalars with both bounds.
         if isinstance(default, float) and meta["low"] is not None and meta["high"] is not None:
-            desc.floating_point_range = [FloatingPointRange(from_value=float(meta["low"]),
-                                                            to_value=float(meta["high"]), step=0.0)]
-        elif (isinstance(default, int) and not isinstance(default, bool) and meta["low"] is not None
-              and meta["high"] is not None):
-            desc.integer_range = [IntegerRange(from_value=int(meta["low"]), to_value=int(meta["high"]),
-                                               step=0)]
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(meta["low"]), to_value=float(meta["high"]), step=0.0)
+            ]
+        elif (
+            isinstance(default, int)
+            and not isinstance(default, bool)
+            and meta["low"] is not None
+            and meta["high"] is not None
+        ):
+            desc.integer_range = [
+                IntegerRange(from_value=int(meta["low"]), to_value=int(meta["high"]), step=0)
+            ]
         if isinstance(default, tuple):
             desc.type = _array_type(default, ParameterType)
             # An empty default array has no element type; declare by type so overrides are accepted.
