@@ -313,3 +313,251 @@ def joint_state_to_msg(stamp: float, joint_names: tuple[str, ...], positions: np
     if velocities is not None:
         msg.velocity = [float(x) for x in velocities]
     return msg
+
+
+# --- Images and instructions ---------------------------------------------------------------------
+#
+# Images arrive as sensor_msgs/Image (raw) or sensor_msgs/CompressedImage (jpeg/png, the
+# image_transport "compressed" convention) and leave as (H, W, 3) uint8 RGB arrays, the layout every
+# policy consumes. Raw frames are viewed in place with np.frombuffer (no copy for rgb8 without row
+# padding), so a 640x480 frame costs microseconds, not milliseconds.
+
+# Channels per supported raw encoding (the contract's IMAGE_ENCODINGS).
+IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+COMPRESSED_FORMATS = ("jpeg", "png")
+
+
+def _camera_label(expected) -> str:
+    return f" for camera '{expected.name}'" if expected is not None else ""
+
+
+def check_image_msg(msg, expected=None) -> list[str]:
+    """Every reason a sensor_msgs/Image cannot be used; empty if valid.
+
+    Args:
+        msg: sensor_msgs/Image.
+        expected: the contract's :class:`~twinbrain_ros.core.embodiment.CameraSpec` for this stream;
+            when given, the encoding and size must match it.
+    """
+    problems = []
+    enc = str(msg.encoding)
+    w, h, step = int(msg.width), int(msg.height), int(msg.step)
+    ch = IMAGE_CHANNELS.get(enc)
+    if ch is None:
+        problems.append(f"unsupported encoding '{enc}' (supported: {list(IMAGE_CHANNELS)})")
+    elif expected is not None and enc != expected.encoding:
+        problems.append(f"encoding '{enc}' differs from the contract's '{expected.encoding}'"
+                        f"{_camera_label(expected)}")
+    if w <= 0 or h <= 0:
+        problems.append(f"image size {w}x{h} is empty")
+    elif expected is not None and (w, h) != (expected.width, expected.height):
+        problems.append(f"image is {w}x{h} but the contract expects {expected.width}x{expected.height}"
+                        f"{_camera_label(expected)}")
+    if ch is not None and w > 0 and step < w * ch:
+        problems.append(f"step {step} is smaller than width*channels = {w}*{ch} = {w * ch}")
+    n = len(msg.data)
+    if step > 0 and h > 0:
+        if n < step * h:
+            problems.append(f"data is truncated: {n} bytes, expected step*height = {step}*{h} = {step * h}")
+        elif n > step * h:
+            problems.append(f"data has {n} bytes, more than step*height = {step}*{h} = {step * h}")
+    return problems
+
+
+def image_from_msg(msg, expected=None) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, mono8) -> (H, W, 3) uint8 RGB array.
+
+    Row padding (``step`` > width * channels) is dropped. For rgb8 the result is a read-only view of
+    the message's buffer (no copy); bgr8 and mono8 are converted into a new array.
+
+    Args:
+        msg: sensor_msgs/Image.
+        expected: the contract's CameraSpec; when given, encoding and size must match it.
+
+    Raises:
+        ValidationError: listing every problem (encoding, size vs contract, step, truncated data).
+    """
+    problems = check_image_msg(msg, expected)
+    if problems:
+        raise ValidationError(problems)
+    w, h, step = int(msg.width), int(msg.height), int(msg.step)
+    ch = IMAGE_CHANNELS[msg.encoding]
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    img = buf[: step * h].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if msg.encoding == "rgb8":
+        img = img if img.flags.c_contiguous else np.ascontiguousarray(img)
+        img.flags.writeable = False  # a view of the message: the policy must not write into it
+        return img
+    if msg.encoding == "bgr8":
+        return np.ascontiguousarray(img[..., ::-1])
+    return np.repeat(img, 3, axis=2)
+
+
+def _codec_of(fmt: str) -> str | None:
+    """'jpeg' / 'png' from an image_transport format string (e.g. 'rgb8; jpeg compressed bgr8')."""
+    f = fmt.lower()
+    if "jpeg" in f or "jpg" in f:
+        return "jpeg"
+    if "png" in f:
+        return "png"
+    return None
+
+
+def compressed_image_from_msg(msg, expected=None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png) -> (H, W, 3) uint8 RGB array, decoded with Pillow.
+
+    The size is checked against the contract from the file header before any pixel is decoded, so a
+    wrong-size (or hostile, huge) image is rejected cheaply. An empty ``format`` is accepted and the
+    codec is taken from the data.
+
+    Args:
+        msg: sensor_msgs/CompressedImage.
+        expected: the contract's CameraSpec; when given, the decoded size must match it.
+
+    Raises:
+        ValidationError: listing every problem (unsupported format, empty or undecodable data, codec
+            differing from the declared format, size vs contract).
+    """
+    import io
+
+    from PIL import Image as PILImage
+
+    problems = []
+    fmt = str(msg.format)
+    declared = _codec_of(fmt)
+    if fmt.strip() and declared is None:
+        problems.append(f"unsupported format '{fmt}' (supported: {list(COMPRESSED_FORMATS)})")
+    data = bytes(msg.data)
+    if not data:
+        problems.append("data is empty")
+    if problems:
+        raise ValidationError(problems)
+    try:
+        pil = PILImage.open(io.BytesIO(data))
+    except (OSError, ValueError, PILImage.DecompressionBombError) as e:
+        raise ValidationError([f"data is not a decodable JPEG/PNG image ({e})"]) from e
+    actual = {"JPEG": "jpeg", "PNG": "png"}.get(pil.format or "")
+    if actual is None:
+        problems.append(f"data is a {pil.format} image, not JPEG or PNG")
+    elif declared is not None and actual != declared:
+        problems.append(f"format says '{declared}' but the data is {actual}")
+    w, h = pil.size
+    if expected is not None and (w, h) != (expected.width, expected.height):
+        problems.append(f"image is {w}x{h} but the contract expects {expected.width}x{expected.height}"
+                        f"{_camera_label(expected)}")
+    if problems:
+        raise ValidationError(problems)
+    try:
+        rgb = np.asarray(pil.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, PILImage.DecompressionBombError) as e:  # truncated / corrupt payload
+        raise ValidationError([f"{actual} data could not be decoded ({e})"]) from e
+    return rgb
+
+
+def _as_uint8_image(array, encoding: str) -> tuple[np.ndarray, list[str]]:
+    problems = []
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        problems.append(f"image dtype must be uint8, got {a.dtype}")
+    if encoding not in IMAGE_CHANNELS:
+        problems.append(f"unsupported encoding '{encoding}' (supported: {list(IMAGE_CHANNELS)})")
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3)):
+        if encoding in ("rgb8", "bgr8") and (a.ndim != 3 or a.shape[2] != 3):
+            problems.append(f"{encoding} needs an (H, W, 3) RGB array, got shape {a.shape}")
+    else:
+        problems.append(f"image must be (H, W), (H, W, 1) or (H, W, 3), got shape {a.shape}")
+    if a.ndim >= 2 and (a.shape[0] == 0 or a.shape[1] == 0):
+        problems.append(f"image is empty, shape {a.shape}")
+    return a, problems
+
+
+def image_to_msg(array: np.ndarray, stamp: float, encoding: str = "rgb8", frame_id: str = ""):
+    """(H, W, 3) uint8 RGB array -> sensor_msgs/Image in ``encoding`` (rgb8, bgr8 or mono8).
+
+    For mono8 the array may also be (H, W) or (H, W, 1) grey; an RGB array is converted to luma
+    (ITU-R BT.601 weights).
+
+    Raises:
+        ValidationError: on a wrong dtype, shape or encoding.
+    """
+    from sensor_msgs.msg import Image
+
+    a, problems = _as_uint8_image(array, encoding)
+    if problems:
+        raise ValidationError(problems)
+    if encoding == "bgr8":
+        a = a[..., ::-1]
+    elif encoding == "mono8":
+        if a.ndim == 3 and a.shape[2] == 3:
+            a = np.rint(a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+            a = np.clip(a, 0, 255).astype(np.uint8)
+        a = a.reshape(a.shape[0], a.shape[1])
+    a = np.ascontiguousarray(a)
+    msg = Image()
+    msg.header.stamp = sec_to_time(stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(msg.width * IMAGE_CHANNELS[encoding])
+    msg.data = a.tobytes()
+    return msg
+
+
+def compressed_image_to_msg(array: np.ndarray, stamp: float, fmt: str = "jpeg", quality: int = 90,
+                            frame_id: str = ""):
+    """(H, W, 3) uint8 RGB array -> sensor_msgs/CompressedImage (jpeg or png, encoded with Pillow).
+
+    ``format`` follows image_transport's convention, e.g. ``rgb8; jpeg compressed rgb8``.
+
+    Raises:
+        ValidationError: on a wrong dtype/shape or an unsupported format.
+    """
+    import io
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    a, problems = _as_uint8_image(array, "rgb8")
+    if fmt not in COMPRESSED_FORMATS:
+        problems.append(f"unsupported format '{fmt}' (supported: {list(COMPRESSED_FORMATS)})")
+    if problems:
+        raise ValidationError(problems)
+    out = io.BytesIO()
+    if fmt == "jpeg":
+        PILImage.fromarray(np.ascontiguousarray(a)).save(out, format="JPEG", quality=int(quality))
+    else:
+        PILImage.fromarray(np.ascontiguousarray(a)).save(out, format="PNG")
+    msg = CompressedImage()
+    msg.header.stamp = sec_to_time(stamp)
+    msg.header.frame_id = frame_id
+    msg.format = f"rgb8; {fmt} compressed rgb8"
+    msg.data = out.getvalue()
+    return msg
+
+
+def instruction_check(text, max_len: int) -> str:
+    """Validate a task instruction; returns it with surrounding whitespace removed.
+
+    Args:
+        text: the instruction (std_msgs/String data or a service request field).
+        max_len: largest allowed length in characters (after stripping).
+
+    Raises:
+        ValidationError: if it is not a string, is empty or whitespace-only, is longer than
+            ``max_len`` characters, or contains control characters other than tab and newline.
+    """
+    if not isinstance(text, str):
+        raise ValidationError([f"instruction must be a string, got {type(text).__name__}"])
+    problems = []
+    s = text.strip()
+    if not s:
+        problems.append("instruction is empty")
+    if len(s) > max_len:
+        problems.append(f"instruction has {len(s)} characters, more than the maximum {max_len}")
+    bad = sorted({f"U+{ord(c):04X}" for c in s if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127})
+    if bad:
+        problems.append(f"instruction contains control characters {bad}")
+    if problems:
+        raise ValidationError(problems)
+    return s

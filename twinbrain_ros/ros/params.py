@@ -150,8 +150,11 @@ def declare_and_read(node: Any, cls: type[T], prefix: str = "") -> T:
             desc.type = _array_type(default, ParameterType)
             # An empty default array has no element type; declare by type so overrides are accepted.
             if not default:
-                node.declare_parameter(full, desc.type, desc, ignore_override=False)
-                values[name] = tuple(node.get_parameter(full).value or ())
+                from rclpy.parameter import Parameter
+
+                # rclpy takes a Parameter.Type here; a bare ParameterType int would become the value.
+                node.declare_parameter(full, Parameter.Type(desc.type), desc, ignore_override=False)
+                values[name] = tuple(node.get_parameter_or(full).value or ())  # unset -> empty
                 continue
             node.declare_parameter(full, list(default), desc)
         else:
