@@ -45,12 +45,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from twinbrain_ros.bench.ros_bench import main as bench_main
     elif a.what == "model":
         from twinbrain_ros.bench.model_bench import main as bench_main
+    elif a.what == "sim":
+        from twinbrain_ros.bench.sim_bench import main as bench_main
     else:
         raise SystemExit(f"unknown benchmark '{a.what}'")
     return bench_main(a)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     ap = argparse.ArgumentParser(prog="twinbrain", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -72,8 +74,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="where the plot and logs go")
     p.set_defaults(func=_cmd_demo)
 
+    # Data, training and export: their argument modules import only argparse.
+    from twinbrain_ros.data.cli import add_convert_arguments, add_record_arguments, convert_main, record_main
+    from twinbrain_ros.export.cli import add_export_args, add_verify_args, export_main, verify_main
+    from twinbrain_ros.train.cli import add_train_args, train_main
+
+    for name, help_, add, fn in (
+        ("record", "record teleoperation episodes to MCAP over ROS 2", add_record_arguments, record_main),
+        ("convert", "MCAP episodes -> LeRobot v3 dataset", add_convert_arguments, convert_main),
+        ("train", "train a TwinBrain checkpoint on LeRobot v3 datasets", add_train_args, train_main),
+        ("export", "ONNX graphs per deployment profile (+ TensorRT engines)", add_export_args, export_main),
+        ("verify", "compare an inference backend with PyTorch", add_verify_args, verify_main),
+    ):
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(func=fn)
+
+    # Model tooling: twinbrain_ros.model imports torch, so its arguments are only added when one of
+    # these subcommands is being run (bringup/record must start on a machine without torch).
+    for name, help_ in (
+        ("init", "build a TwinBrain checkpoint from a local Hugging Face Qwen-VL directory"),
+        ("convert-reference", "convert a checkpoint in the authors' released layout"),
+        ("make-tiny", "write a random-init tiny checkpoint (tests, wiring)"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        if name in (argv or sys.argv[1:])[:1]:
+            from twinbrain_ros.model import cli as model_cli
+
+            adder, fn = {
+                "init": (model_cli.add_init_args, model_cli.init_main),
+                "convert-reference": (model_cli.add_convert_reference_args, model_cli.convert_reference_main),
+                "make-tiny": (model_cli.add_make_tiny_args, model_cli.make_tiny_main),
+            }[name]
+            adder(p)
+            p.set_defaults(func=fn)
+
     p = sub.add_parser("bench", help="benchmarks: human table, and with --json a JSON last line")
-    p.add_argument("what", choices=["ros", "model"])
+    p.add_argument("what", choices=["ros", "model", "sim"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--device", default="cpu")
@@ -84,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``twinbrain`` executable."""
-    a = build_parser().parse_args(argv)
+    a = build_parser(argv).parse_args(argv)
     sys.exit(a.func(a) or 0)
 
 
