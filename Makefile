@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export MUJOCO_GL := egl
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -q
 
 .PHONY: setup test demo lint bench clean
 
@@ -19,7 +19,7 @@ setup:
 	@tools/setup.sh
 
 test: setup
-	@tools/isolated.sh $(PY) -m pytest test -q $(PYTEST_ARGS)
+	@tools/isolated.sh $(PY) -m pytest test $(PYTEST_ARGS)
 
 lint: setup
 	@$(VENV)/bin/ruff check twinbrain_ros test launch tools
