@@ -112,7 +112,11 @@ class PolicyNodeParams:
     )
     status_rate_hz: float = param(5.0, "~/status publish rate.", low=0.1, high=100.0)
     min_inference_rate_hz: float = param(
-        1.0, "Re-plan at least this often even when chunks are long; 0 = no floor.", low=0.0, high=1000.0
+        4.0,
+        "Re-plan at least this often even when chunks are long; 0 = no floor. Keep 1/rate below the "
+        "controller's chunk_timeout_s (0.5 s by default), or it treats the pause as a lost policy.",
+        low=0.0,
+        high=1000.0,
     )
     max_inference_rate_hz: float = param(20.0, "Never infer more often than this.", low=0.01, high=1000.0)
     latency_margin_s: float = param(
