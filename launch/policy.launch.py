@@ -13,13 +13,13 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from twinbrain_ros.bringup import load_profile, plan
+from twinbrain_ros.bringup import load_profile, plan, profile_for
 
 
 def _nodes(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     nodes = plan(
-        load_profile(get("profile")),
+        load_profile(profile_for(get("profile"), get("sim"))),
         model=get("model"),
         namespace=get("namespace"),
         use_sim_time=get("use_sim_time").lower() in ("1", "true", "yes"),
@@ -45,6 +45,9 @@ def generate_launch_description():
                 "profile",
                 default_value="robot",
                 description="Profile name in config/profiles (or a YAML path).",
+            ),
+            DeclareLaunchArgument(
+                "sim", default_value="", description="mujoco | gazebo | isaac: use the profile sim_<sim>."
             ),
             DeclareLaunchArgument(
                 "model", default_value="", description="Checkpoint directory for the policy."

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from twinbrain_ros.bringup import EXECUTABLES, command, load_profile, plan, profile_dirs
+from twinbrain_ros.bringup import (
+    EXECUTABLES,
+    SIMULATORS,
+    command,
+    load_profile,
+    plan,
+    profile_dirs,
+    profile_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (ROOT / "config" / "profiles").glob("*.yaml"))
@@ -78,11 +86,15 @@ def _evaluate_launch(monkeypatch, args: dict[str, str]) -> list[dict]:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-@pytest.mark.parametrize("args", [{}, {"namespace": "arm1", "use_sim_time": "true", "model": "models/x"}])
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"namespace": "arm1", "use_sim_time": "true", "model": "models/x"}]
+    + [{"sim": sim, "use_sim_time": "true"} for sim in SIMULATORS],
+)
 def test_launch_file_and_bringup_start_the_same_graph(monkeypatch, profile, args):
     launched = _evaluate_launch(monkeypatch, {"profile": profile, **args})
     planned = plan(
-        load_profile(profile),
+        load_profile(profile_for(profile, args.get("sim", ""))),
         model=args.get("model", ""),
         namespace=args.get("namespace", ""),
         use_sim_time=args.get("use_sim_time") == "true",
@@ -123,3 +135,11 @@ def test_bad_profile_is_refused_naming_the_key(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_profile("no_such_profile")
     assert profile_dirs()[0] == ROOT / "config" / "profiles"
+
+
+def test_sim_argument_selects_the_simulator_profile():
+    assert {f"sim_{s}" for s in SIMULATORS} <= set(PROFILES)
+    assert profile_for("robot", "") == "robot"
+    assert profile_for("robot", "gazebo") == "sim_gazebo"
+    with pytest.raises(ValueError, match="webots"):
+        profile_for("robot", "webots")

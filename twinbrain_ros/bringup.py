@@ -72,6 +72,22 @@ def _param_literal(v: Any) -> str:
     return str(v)
 
 
+SIMULATORS = ("mujoco", "gazebo", "isaac")
+
+
+def profile_for(profile: str, sim: str = "") -> str:
+    """The profile to start: ``sim_<sim>`` when a simulator is named, else ``profile``.
+
+    Raises:
+        ValueError: naming the allowed simulators if ``sim`` is not one of them.
+    """
+    if not sim:
+        return profile
+    if sim not in SIMULATORS:
+        raise ValueError(f"sim '{sim}' is not one of {list(SIMULATORS)}")
+    return f"sim_{sim}"
+
+
 def profile_dirs() -> list[Path]:
     """Where profile names are looked up: the source tree, then the installed share directory."""
     dirs = [Path(__file__).resolve().parents[1] / "config" / "profiles"]

@@ -17,14 +17,15 @@ import sys
 
 
 def _cmd_bringup(a: argparse.Namespace) -> int:
-    from twinbrain_ros.bringup import command, load_profile, plan, run
+    from twinbrain_ros.bringup import command, load_profile, plan, profile_for, run
 
-    nodes = plan(load_profile(a.profile), model=a.model, namespace=a.namespace, use_sim_time=a.use_sim_time)
+    profile = profile_for(a.profile, a.sim)
+    nodes = plan(load_profile(profile), model=a.model, namespace=a.namespace, use_sim_time=a.use_sim_time)
     if a.dry_run:
         for n in nodes:
             print(" ".join(command(n)))
         return 0
-    print(f"[bringup] starting {[n.name for n in nodes]} from profile '{a.profile}'", file=sys.stderr)
+    print(f"[bringup] starting {[n.name for n in nodes]} from profile '{profile}'", file=sys.stderr)
     return run(nodes, duration=a.duration)
 
 
@@ -58,8 +59,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("bringup", help="start a profile's nodes as processes (like ros2 launch)")
-    p.add_argument("profile", help="profile name in config/profiles or a YAML path")
+    p.add_argument(
+        "profile", nargs="?", default="robot", help="profile name in config/profiles or a YAML path"
+    )
+    p.add_argument(
+        "--sim", default="", choices=["", "mujoco", "gazebo", "isaac"], help="use profile sim_<sim>"
+    )
     p.add_argument("--model", default="", help="checkpoint directory for the policy node")
+    p.add_argument(
+        "--sim", default="", choices=["", "mujoco", "gazebo", "isaac"], help="use profile sim_<sim>"
+    )
     p.add_argument("--namespace", default="")
     p.add_argument("--use-sim-time", action="store_true")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

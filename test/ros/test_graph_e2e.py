@@ -45,7 +45,6 @@ def test_camera_and_state_to_policy_to_controller_to_commands(tmp_path, ros_doma
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from trajectory_msgs.msg import JointTrajectory
-
     from twinbrain_ros.msg import ActionChunk, ControllerStatus, PolicyStatus
 
     emb = load_embodiment("so101")

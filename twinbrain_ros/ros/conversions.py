@@ -286,7 +286,9 @@ def joint_state_from_msg(msg, joint_names: tuple[str, ...],
     if missing:
         problems.append(f"missing joints {missing} (got {names})")
     if last_stamp is not None and stamp < last_stamp:
-        problems.append(f"stamp {stamp:.6f} is older than the previous one {last_stamp:.6f} (time went backwards)")
+        problems.append(
+            f"stamp {stamp:.6f} is older than the previous one {last_stamp:.6f} (time went backwards)"
+        )
     if not problems:
         idx = [names.index(n) for n in joint_names]
         pos = pos[idx]
