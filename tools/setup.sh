@@ -17,6 +17,8 @@ LOCK=requirements/lock.txt
 TORCH_PIN="torch==2.13.0"
 
 log() { printf '[setup] %s\n' "$*"; }
+# pip warns about every local index directory this machine's pip.conf names but lacks; drop that noise.
+pip_install() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -50,14 +52,14 @@ if [ "$(cat "$VENV/.deps-stamp" 2>/dev/null)" != "$deps_hash" ]; then
   # torch first and pinned: anything that later asks for "torch" then finds it satisfied instead of
   # pulling a multi-GB CUDA build.
   log "installing $TORCH_PIN (CPU) first"
-  "$VPY" -m pip install -q "$TORCH_PIN"
+  pip_install "$TORCH_PIN"
   if [ -n "$SYSTEM_ROS" ]; then
     log "installing pinned dependencies (without the ROS wheels: using $SYSTEM_ROS)"
     grep -vE '^(ros-|ros_)' "$LOCK" > "$VENV/lock-noros.txt"
-    "$VPY" -m pip install -q -r "$VENV/lock-noros.txt"
+    pip_install -r "$VENV/lock-noros.txt"
   else
     log "installing pinned dependencies incl. ROS 2 Kilted wheels"
-    "$VPY" -m pip install -q -r "$LOCK"
+    pip_install -r "$LOCK"
   fi
   echo "$deps_hash" > "$VENV/.deps-stamp"
   rm -f "$VENV/.msgs-stamp"
