@@ -66,9 +66,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--sim", default="", choices=["", "mujoco", "gazebo", "isaac"], help="use profile sim_<sim>"
     )
     p.add_argument("--model", default="", help="checkpoint directory for the policy node")
-    p.add_argument(
-        "--sim", default="", choices=["", "mujoco", "gazebo", "isaac"], help="use profile sim_<sim>"
-    )
     p.add_argument("--namespace", default="")
     p.add_argument("--use-sim-time", action="store_true")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -85,11 +82,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     # Data, training and export: their argument modules import only argparse.
     from twinbrain_ros.data.cli import add_convert_arguments, add_record_arguments, convert_main, record_main
+    from twinbrain_ros.data.sim_record import add_record_sim_arguments, record_sim_main
     from twinbrain_ros.export.cli import add_export_args, add_verify_args, export_main, verify_main
     from twinbrain_ros.train.cli import add_train_args, train_main
 
     for name, help_, add, fn in (
         ("record", "record teleoperation episodes to MCAP over ROS 2", add_record_arguments, record_main),
+        (
+            "record-sim",
+            "record seeded scripted-expert demos in MuJoCo",
+            add_record_sim_arguments,
+            record_sim_main,
+        ),
         ("convert", "MCAP episodes -> LeRobot v3 dataset", add_convert_arguments, convert_main),
         ("train", "train a TwinBrain checkpoint on LeRobot v3 datasets", add_train_args, train_main),
         ("export", "ONNX graphs per deployment profile (+ TensorRT engines)", add_export_args, export_main),

@@ -1,0 +1,133 @@
+# Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
+"""``twinbrain record-sim``: record N seeded demonstrations of the scripted expert in MuJoCo over ROS 2.
+
+Starts the ``record_sim`` profile (sim_node, expert_node, recorder_node; sim time), then for each
+episode: reset the sim with a seed and a task (``/sim_node/reset_episode``), start the recorder with
+the task's instruction (``/recorder_node/start``), wait until the task succeeds (plus a short settle
+time) or the time limit passes (``/sim_node/get_task_status``), mark success, and stop the recorder.
+Everything travels over real ROS 2 topics and services; run it inside the loopback-only namespace
+here (``tools/isolated.sh``), or on a robot computer as is.
+
+Usage:
+    twinbrain record-sim --out episodes/ --episodes 10 --tasks touch_red_cube,touch_blue_cube --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def add_record_sim_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twinbrain record-sim``."""
+    p.add_argument("--out", default="episodes", help="output directory of the episode files")
+    p.add_argument("--episodes", type=int, default=4, help="number of episodes")
+    p.add_argument("--tasks", default="touch_red_cube,touch_blue_cube", help="comma-separated tasks, cycled")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 each)")
+    p.add_argument("--max-episode-s", type=float, default=8.0, help="sim seconds before giving up")
+    p.add_argument("--settle-s", type=float, default=0.5, help="sim seconds recorded after success")
+    p.add_argument("--real-time-factor", type=float, default=1.0, help="sim seconds per wall second")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+
+def _call(node, client, request, timeout: float = 15.0):
+    import rclpy
+
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"service {client.srv_name} not available after {timeout} s")
+    fut = client.call_async(request)
+    rclpy.spin_until_future_complete(node, fut, timeout_sec=timeout)
+    if not fut.done() or fut.result() is None:
+        raise RuntimeError(f"service {client.srv_name} did not answer in {timeout} s")
+    return fut.result()
+
+
+def record_sim(
+    out: str,
+    episodes: int,
+    tasks: list[str],
+    seed: int = 0,
+    max_episode_s: float = 8.0,
+    settle_s: float = 0.5,
+    real_time_factor: float = 1.0,
+    log_dir: Path | None = None,
+) -> list[dict]:
+    """Record ``episodes`` episodes; returns one summary dict per episode."""
+    import rclpy
+    from std_srvs.srv import SetBool, Trigger
+
+    from twinbrain_ros.bringup import load_profile, plan, run_background, stop_all
+    from twinbrain_ros.srv import GetTaskStatus, ResetEpisode, StartEpisode
+
+    base = load_profile("record_sim")
+    data = {k: {"ros__parameters": dict(v)} for k, v in base.nodes.items()}
+    data["recorder_node"]["ros__parameters"]["output_dir"] = str(Path(out).resolve())
+    data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
+    tmp = Path(tempfile.mkdtemp(prefix="twinbrain_record_sim_"))
+    (tmp / "record_sim.yaml").write_text(yaml.safe_dump(data))
+    procs = run_background(
+        plan(load_profile(str(tmp / "record_sim.yaml")), use_sim_time=True), log_dir=log_dir or tmp / "logs"
+    )
+    rclpy.init()
+    node = rclpy.create_node("record_sim_driver")
+    reset = node.create_client(ResetEpisode, "/sim_node/reset_episode")
+    status = node.create_client(GetTaskStatus, "/sim_node/get_task_status")
+    start = node.create_client(StartEpisode, "/recorder_node/start")
+    stop = node.create_client(Trigger, "/recorder_node/stop")
+    mark = node.create_client(SetBool, "/recorder_node/mark_success")
+    results = []
+    try:
+        for i in range(episodes):
+            task = tasks[i % len(tasks)]
+            r = _call(node, reset, ResetEpisode.Request(seed=seed + i, task=task))
+            if not r.success:
+                raise RuntimeError(f"reset failed: {r.message}")
+            s = _call(node, start, StartEpisode.Request(instruction=r.instruction, task=task))
+            if not s.success:
+                raise RuntimeError(f"recorder did not start: {s.message}")
+            st = None
+            wall_end = time.monotonic() + max_episode_s / max(real_time_factor, 0.05) + 30.0
+            while time.monotonic() < wall_end:
+                st = _call(node, status, GetTaskStatus.Request())
+                done = st.first_success_time >= 0 and st.episode_time >= st.first_success_time + settle_s
+                if done or st.episode_time >= max_episode_s:
+                    break
+                time.sleep(0.05)
+            ok = bool(st is not None and st.first_success_time >= 0)
+            if ok:
+                _call(node, mark, SetBool.Request(data=True))
+            t = _call(node, stop, Trigger.Request())
+            results.append(
+                {
+                    "episode": i,
+                    "task": task,
+                    "seed": seed + i,
+                    "success": ok,
+                    "time_to_success_s": float(st.first_success_time) if ok else None,
+                    "file": s.path.replace(".partial.mcap", ".mcap"),
+                    "stopped": bool(t.success),
+                }
+            )
+            print(f"[record-sim] episode {i}: {task} seed {seed + i} success={ok}", file=sys.stderr)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        stop_all(procs)
+    return results
+
+
+def record_sim_main(a: argparse.Namespace) -> int:
+    """Entry point of ``twinbrain record-sim``; 0 when every episode was recorded."""
+    tasks = [t for t in a.tasks.split(",") if t]
+    res = record_sim(a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor)
+    n_ok = sum(r["success"] for r in res)
+    print(f"record-sim: episodes={len(res)} success={n_ok}/{len(res)} out={a.out}")
+    if a.json:
+        print(json.dumps({"episodes": res}))
+    return 0 if len(res) == a.episodes else 1
