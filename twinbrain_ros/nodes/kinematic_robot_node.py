@@ -25,9 +25,8 @@ from rclpy.node import Node
 from twinbrain_ros.core.embodiment import load_embodiment
 from twinbrain_ros.core.validation import ValidationError
 from twinbrain_ros.ros.conversions import image_to_msg, joint_state_to_msg
+from twinbrain_ros.ros.joint_commands import COMMAND_INTERFACES, subscribe_joint_commands
 from twinbrain_ros.ros.params import declare_and_read, param
-
-COMMAND_INTERFACES = ("joint_trajectory", "float64_multi_array", "joint_state")
 
 
 @dataclass(frozen=True)
@@ -90,47 +89,23 @@ class KinematicRobotNode(Node):
         )
 
     def _make_command_sub(self) -> None:
-        if self.p.command_interface == "joint_trajectory":
-            from trajectory_msgs.msg import JointTrajectory
+        subscribe_joint_commands(
+            self,
+            self.p.command_interface,
+            self.p.command_topic,
+            self.emb.joint_names,
+            on_command=self._set_target,
+            on_reject=self._reject_command,
+        )
 
-            self.create_subscription(JointTrajectory, self.p.command_topic, self._on_trajectory, 10)
-        elif self.p.command_interface == "float64_multi_array":
-            from std_msgs.msg import Float64MultiArray
+    def _reject_command(self, reason: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"command rejected: {reason}", throttle_duration_sec=1.0)
 
-            self.create_subscription(Float64MultiArray, self.p.command_topic, self._on_array, 10)
-        else:
-            from sensor_msgs.msg import JointState
-
-            self.create_subscription(JointState, self.p.command_topic, self._on_joint_state_cmd, 10)
-
-    def _set_target(self, names: list[str], positions) -> None:
-        pos = np.asarray(positions, dtype=np.float64)
-        if len(names) != len(pos) or not np.all(np.isfinite(pos)):
-            self.rejected += 1
-            self.get_logger().warn(
-                "command rejected: names/positions mismatch or non-finite values", throttle_duration_sec=1.0
-            )
-            return
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in self.emb.joint_names if n not in index]
-        if missing:
-            self.rejected += 1
-            self.get_logger().warn(f"command rejected: missing joints {missing}", throttle_duration_sec=1.0)
-            return
+    def _set_target(self, q: np.ndarray) -> None:
+        q = np.clip(q, self.emb.limits.lower, self.emb.limits.upper)
         with self._lock:
-            self.target = np.clip(
-                pos[[index[n] for n in self.emb.joint_names]], self.emb.limits.lower, self.emb.limits.upper
-            )
-
-    def _on_trajectory(self, msg) -> None:
-        if msg.points:
-            self._set_target(list(msg.joint_names), msg.points[0].positions)
-
-    def _on_array(self, msg) -> None:
-        self._set_target(list(self.emb.joint_names), msg.data)
-
-    def _on_joint_state_cmd(self, msg) -> None:
-        self._set_target(list(msg.name), msg.position)
+            self.target = q
 
     def _on_state_timer(self) -> None:
         now = self.get_clock().now()

@@ -44,11 +44,11 @@ from rclpy.node import Node  # noqa: E402
 from twinbrain_ros.core.embodiment import load_embodiment  # noqa: E402
 from twinbrain_ros.core.validation import ValidationError  # noqa: E402
 from twinbrain_ros.ros.conversions import image_to_msg, joint_state_to_msg, sec_to_time  # noqa: E402
+from twinbrain_ros.ros.joint_commands import COMMAND_INTERFACES, subscribe_joint_commands
 from twinbrain_ros.ros.params import declare_and_read, param  # noqa: E402
 from twinbrain_ros.ros.qos import camera_qos, instruction_qos, joint_state_qos  # noqa: E402
 from twinbrain_ros.sim.env import SimEnv  # noqa: E402
 
-COMMAND_INTERFACES = ("joint_trajectory", "float64_multi_array", "joint_state")
 MAX_SEED = 2**31 - 1
 
 
@@ -159,49 +159,23 @@ class SimNode(Node):
     # --- commands -----------------------------------------------------------------------------------
 
     def _make_command_sub(self) -> None:
-        if self.p.command_interface == "joint_trajectory":
-            from trajectory_msgs.msg import JointTrajectory
-
-            self.create_subscription(JointTrajectory, self.p.command_topic, self._on_trajectory, 10)
-        elif self.p.command_interface == "float64_multi_array":
-            from std_msgs.msg import Float64MultiArray
-
-            self.create_subscription(Float64MultiArray, self.p.command_topic, self._on_array, 10)
-        else:
-            from sensor_msgs.msg import JointState
-
-            self.create_subscription(JointState, self.p.command_topic, self._on_joint_state_cmd, 10)
-
-    def _set_target(self, names: list[str], positions) -> None:
-        pos = np.asarray(positions, dtype=np.float64)
-        problems = []
-        if len(names) != len(pos):
-            problems.append(f"{len(names)} names but {len(pos)} positions")
-        elif not np.all(np.isfinite(pos)):
-            problems.append("non-finite positions")
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in self.emb.joint_names if n not in index]
-        if missing:
-            problems.append(f"missing joints {missing}")
-        if problems:
-            self.rejected += 1
-            self.get_logger().warning(f"command rejected: {'; '.join(problems)}", throttle_duration_sec=1.0)
-            return
-        q = np.clip(
-            pos[[index[n] for n in self.emb.joint_names]], self.emb.limits.lower, self.emb.limits.upper
+        subscribe_joint_commands(
+            self,
+            self.p.command_interface,
+            self.p.command_topic,
+            self.emb.joint_names,
+            on_command=self._set_target,
+            on_reject=self._reject_command,
         )
+
+    def _reject_command(self, reason: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"command rejected: {reason}", throttle_duration_sec=1.0)
+
+    def _set_target(self, q: np.ndarray) -> None:
+        q = np.clip(q, self.emb.limits.lower, self.emb.limits.upper)
         with self._lock:
             self._target = q
-
-    def _on_trajectory(self, msg) -> None:
-        if msg.points:
-            self._set_target(list(msg.joint_names), msg.points[0].positions)
-
-    def _on_array(self, msg) -> None:
-        self._set_target(list(self.emb.joint_names), msg.data)
-
-    def _on_joint_state_cmd(self, msg) -> None:
-        self._set_target(list(msg.name), msg.position)
 
     # --- services ------------------------------------------------------------------------------------
 
