@@ -1,6 +1,8 @@
 # Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
 #
-#   make demo    set up (if needed) and run the demo graph, headless, inside a loopback-only netns
+#   make demo    set up (if needed); the bundled TwinBrain checkpoint drives the MuJoCo SO-101 over
+#                ROS 2 (sim + policy + controller nodes) inside a loopback-only netns; one-line summary
+#   make demo-train  rebuild that checkpoint: record expert demos over ROS, convert, train (CPU, ~25 min)
 #   make test    set up (if needed) and run every test, ROS tests isolated the same way
 #   make setup   build .venv: ROS 2 Kilted wheels, torch CPU, pinned deps, generated messages
 #   make lint    ruff
@@ -13,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?= -q
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo demo-train lint bench clean
 
 setup:
 	@tools/setup.sh
@@ -24,8 +26,12 @@ test: setup
 lint: setup
 	@$(VENV)/bin/ruff check twinbrain_ros test launch tools
 
+DEMO_ARGS ?=
 demo: setup
-	@tools/isolated.sh $(PY) -m twinbrain_ros.cli demo
+	@tools/isolated.sh $(PY) -m twinbrain_ros.cli demo $(DEMO_ARGS)
+
+demo-train: setup
+	@tools/demo_train.sh
 
 bench: setup
 	@tools/isolated.sh $(PY) -m twinbrain_ros.cli bench ros

@@ -75,14 +75,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the environment (venv, ROS wheels, messages, torch, EGL)")
     p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser("demo", help="run the demo graph and print a one-line summary")
-    p.add_argument("--duration", type=float, default=12.0, help="seconds to run the graph")
-    p.add_argument("--out", default="out/demo", help="where the plot and logs go")
+    p = sub.add_parser("demo", help="the trained policy on the simulated robot over ROS 2, one-line summary")
+    p.add_argument("--model", default="models/so101-sim-touch", help="checkpoint to run")
+    p.add_argument("--episodes", type=int, default=25, help="held-out seeds (each runs every task)")
+    p.add_argument("--tasks", default="touch_red_cube,touch_blue_cube", help="comma-separated tasks")
+    p.add_argument("--threads", type=int, default=1, help="policy CPU threads (0 = one per core)")
+    p.add_argument("--out", default="out/demo", help="where the report, plot, camera strip and logs go")
+    p.add_argument("--wiring", action="store_true",
+                   help="instead: kinematic stand-in robot + scripted wiring policy (no model)")  # fmt: skip
+    p.add_argument("--duration", type=float, default=12.0, help="--wiring: seconds to run the graph")
     p.set_defaults(func=_cmd_demo)
 
     # Data, training and export: their argument modules import only argparse.
     from twinbrain_ros.data.cli import add_convert_arguments, add_record_arguments, convert_main, record_main
     from twinbrain_ros.data.sim_record import add_record_sim_arguments, record_sim_main
+    from twinbrain_ros.evaluation import add_eval_sim_arguments, eval_sim_main
     from twinbrain_ros.export.cli import add_export_args, add_verify_args, export_main, verify_main
     from twinbrain_ros.train.cli import add_train_args, train_main
 
@@ -95,6 +102,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             record_sim_main,
         ),
         ("convert", "MCAP episodes -> LeRobot v3 dataset", add_convert_arguments, convert_main),
+        ("eval-sim", "closed-loop evaluation in MuJoCo over ROS 2", add_eval_sim_arguments, eval_sim_main),
         ("train", "train a TwinBrain checkpoint on LeRobot v3 datasets", add_train_args, train_main),
         ("export", "ONNX graphs per deployment profile (+ TensorRT engines)", add_export_args, export_main),
         ("verify", "compare an inference backend with PyTorch", add_verify_args, verify_main),

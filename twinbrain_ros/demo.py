@@ -1,11 +1,18 @@
 # Copyright 2026 twinbrain_ros maintainers. Licensed under the Apache License, Version 2.0.
-"""``twinbrain demo`` / ``make demo``: run the node graph headless and summarise it in one line.
+"""``twinbrain demo`` / ``make demo``: the trained TwinBrain policy drives the simulated SO-101 over ROS 2.
 
-Today the graph is the ``demo`` profile: the kinematic stand-in robot (joint states + camera), the
-policy node running the deterministic **scripted wiring policy** (``scripted_sine``, not a learned
-model), and the 200 Hz controller. The trained TwinBrain policy on the MuJoCo SO-101 replaces the
-first two when the simulation and training work lands. Writes ``<out>/joints.png`` (commanded vs
-executed joints) and the node logs.
+Default: the bundled checkpoint (``models/so101-sim-touch``, trained by ``make demo-train`` on
+episodes the recorder captured from the scripted expert) runs in the real graph: ``sim_node``
+(MuJoCo, sim time), ``policy_node`` (``Policy.load`` of the checkpoint) and ``controller_node``,
+each its own process over DDS. ``twinbrain eval-sim`` resets held-out seeds (>= 1000; training
+used 0..999) with both touch instructions per scene and ends with one line::
+
+    demo: episodes=N success_rate=X language_swap_accuracy=Y p50_infer_ms=Z control_hz=W
+
+followed by where the joint plot and the camera strip / GIF went.
+
+``--wiring``: the earlier graph check without a model: the kinematic stand-in robot and the
+deterministic scripted wiring policy (``scripted_sine``) through the same controller.
 """
 
 from __future__ import annotations
@@ -17,8 +24,46 @@ from pathlib import Path
 
 import numpy as np
 
+DEFAULT_MODEL = "models/so101-sim-touch"
+
 
 def main(a) -> int:
+    """``twinbrain demo``: the sim evaluation (default) or the wiring check (``--wiring``)."""
+    if getattr(a, "wiring", False):
+        return wiring(a)
+    return sim_demo(a)
+
+
+def sim_demo(a) -> int:
+    """Evaluate the bundled checkpoint in the ROS graph; print the summary line and the artifacts."""
+    import argparse
+
+    from twinbrain_ros.evaluation import add_eval_sim_arguments, evaluate, format_table, summary_line
+
+    model = Path(a.model)
+    if not (model / "model.safetensors").is_file():
+        print(f"[demo] no checkpoint at {model}: run 'make demo-train' to build it", file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser()
+    add_eval_sim_arguments(p)
+    args = p.parse_args(["--model", str(model), "--tasks", a.tasks, "--episodes", str(a.episodes),
+                         "--out", str(a.out), "--threads", str(a.threads)])  # fmt: skip
+    print(f"[demo] {model}: {a.episodes} held-out seeds x {a.tasks} over ROS 2 "
+          "(sim_node + policy_node + controller_node)", file=sys.stderr)  # fmt: skip
+    report, rc = evaluate(args, prefix="demo")
+    if rc:
+        return rc
+    summary = report["summary"]
+    print(format_table([], summary))
+    print(summary_line(summary, prefix="demo"))
+    arts = summary["artifacts"]
+    print(f"plot: {arts['joints_png']}")
+    print(f"camera: {arts['camera_strip_png']} {arts['camera_gif']}")
+    print(f"report: {Path(a.out) / 'eval.json'}")
+    return 0
+
+
+def wiring(a) -> int:
     """Run the demo profile for ``a.duration`` seconds; print the summary line; 0 if healthy."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -102,7 +147,7 @@ def main(a) -> int:
         np.asarray(js_q) if js_q else cq[:0],
     )
     print(
-        f"demo: policy=scripted_sine(wiring) chunks={len(chunks)} p50_infer_ms={p50:.2f} "
+        f"demo-wiring: policy=scripted_sine chunks={len(chunks)} p50_infer_ms={p50:.2f} "
         f"control_hz={control_hz:.1f} max_step_vs_vel_limit={jump_ratio:.2f} "
         f"controller_mode={cstat[-1].mode if cstat else 'none'} wall_s={time.time() - t_wall0:.1f}"
     )

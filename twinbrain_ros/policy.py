@@ -284,6 +284,7 @@ class Policy(PolicyBackend):
         dtype: Any = None,
         seed: int = 0,
         export_dir: str | Path | None = None,
+        num_threads: int = 0,
     ) -> Policy:
         """Load a checkpoint directory with the chosen backend.
 
@@ -296,6 +297,9 @@ class Policy(PolicyBackend):
             seed: seed of the noise drawn when ``infer`` gets neither a seed nor noise.
             export_dir: the export to run for exported backends (default: the only one under
                 ``<model_dir>/export/``).
+            num_threads: CPU threads for torch's intra-op pool (0 = torch's default, one per core).
+                On a small CPU shared with a simulator and a 200 Hz controller, fewer threads than
+                cores avoid oversubscription and cut the latency tail.
 
         Returns:
             The policy.
@@ -304,6 +308,12 @@ class Policy(PolicyBackend):
             ValueError: for an unknown backend.
             twinbrain_ros.model.checkpoint.CheckpointError: listing every problem of the checkpoint.
         """
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(int(num_threads))
         loader = RUNNERS.get(backend)
         if loader is None:
             exported = _exported_backends()

@@ -18,6 +18,7 @@ import torch
 
 from twinbrain_ros.model import modeling as M
 from twinbrain_ros.model.configuration import ACTION_TOKEN, PROPRI_TOKEN, TwinBrainConfig, preset
+from twinbrain_ros.model.convert import tiny_qwen2_5_backbone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -61,33 +62,7 @@ def tiny_config(tok, mode: str = "native", **fields) -> TwinBrainConfig:
 def tiny_qwen2_5_config(tok, mode: str = "native", **fields) -> TwinBrainConfig:
     """A tiny Qwen2.5-VL config (patch 14, windowed ViT, no q/k-norm, qkv biases, no DeepStack)."""
     ids = token_ids(tok)
-    backbone = {
-        "text_config": {
-            "vocab_size": 151936,
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]},
-        },
-        "vision_config": {
-            "depth": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": 128,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-        },
-        **{
-            k: ids[k]
-            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-        },
-    }
+    backbone = tiny_qwen2_5_backbone(ids, vocab_size=151936)  # the one definition, shared with make-tiny
     base = preset("tiny", vocab_size=151936, token_ids=ids)
     return TwinBrainConfig(
         backbone=backbone,

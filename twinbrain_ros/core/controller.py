@@ -227,6 +227,8 @@ class ChunkController:
         self._ramp_start = 0.0
         self._ramp_s = config.ramp_in_s
         self._last: Command | None = None
+        self._not_before = -math.inf  # chunks computed from observations older than this are refused
+        self.resets = 0
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -262,12 +264,40 @@ class ChunkController:
         self._last = Command(float(now), q.copy(), np.zeros_like(q), self.mode)
         return True
 
+    def reset(self, now: float) -> None:
+        """Forget the robot's state and every chunk: a new episode starts (the robot was moved).
+
+        The controller goes back to ``waiting``; the owner re-initialises it from the first joint state
+        measured at or after ``now``. Chunks computed from observations before ``now`` are refused from
+        then on (they describe the world before the reset). The e-stop state is kept.
+        """
+        self.buffer.clear()
+        self.buffer.forget_history()
+        self._q = self._v = self._v_secant = None
+        self._stop = None
+        self._last = None
+        self._dt_prev = None
+        self._not_before = float(now)
+        self.mode = WAITING
+        self.resets += 1
+        self.last_reason = f"reset at {now:.3f} s: waiting for a joint state"
+
+    @property
+    def reset_time(self) -> float:
+        """Time of the last :meth:`reset` (-inf if none)."""
+        return self._not_before
+
     def offer(self, chunk: ActionChunk, now: float) -> Verdict:
         """Offer a chunk received at ``now``; rejected while waiting or e-stopped (see ChunkBuffer.offer)."""
         if self.estop_engaged:
             problems = ("e-stop engaged",)
         elif not self.initialized:
             problems = ("no joint state yet (controller waiting)",)
+        elif chunk.obs_stamp < self._not_before:
+            problems = (
+                f"computed from an observation {self._not_before - chunk.obs_stamp:.3f} s before the last "
+                "reset",
+            )
         else:
             verdict = self.buffer.offer(chunk, now)
             if not verdict.accepted:

@@ -66,6 +66,9 @@ def add_make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODE_CHOICES, default="native")
     p.add_argument("--family", choices=FAMILY_CHOICES, default="qwen3_vl")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--expert-width", type=int, default=None,
+                   help="action expert width (default 32; the sim demo uses 128)")  # fmt: skip
+    p.add_argument("--expert-layers", type=int, default=None, help="action expert blocks (default 2)")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -119,9 +122,10 @@ def make_tiny_main(a: argparse.Namespace) -> int:
 
     try:
         path = make_tiny_checkpoint(
-            a.out, embodiment=a.embodiment, mode=a.mode, family=a.family, seed=a.seed, overwrite=a.overwrite
-        )
-    except (ValidationError, FileExistsError, FileNotFoundError) as exc:
+            a.out, embodiment=a.embodiment, mode=a.mode, family=a.family, seed=a.seed, overwrite=a.overwrite,
+            expert_width=a.expert_width, expert_layers=a.expert_layers,
+        )  # fmt: skip
+    except (ValidationError, ValueError, FileExistsError, FileNotFoundError) as exc:
         return _fail(exc, "make-tiny")
     return _report(path, "make-tiny")
 

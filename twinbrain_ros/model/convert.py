@@ -270,16 +270,36 @@ def tiny_qwen2_5_backbone(token_ids: Mapping[str, int], vocab_size: int = 1024) 
 
 
 def tiny_config(
-    tokenizer, embodiment: Embodiment, *, mode: str = "native", family: str = "qwen3_vl"
+    tokenizer,
+    embodiment: Embodiment,
+    *,
+    mode: str = "native",
+    family: str = "qwen3_vl",
+    expert_width: int | None = None,
+    expert_layers: int | None = None,
 ) -> TwinBrainConfig:
     """The tiny config sized for ``tokenizer`` and ``embodiment`` (action dim = joints, contract horizon).
 
     In reference mode the expert gets its own state token, so the state is used in both modes.
+    ``expert_width`` / ``expert_layers`` widen / deepen the action expert (the brains stay tiny); a
+    width must be a multiple of 32 (heads of 32 channels).
     """
     ids = special_token_ids(tokenizer)
     joints, horizon = embodiment.num_joints, embodiment.action.horizon
     max_state = max(16, joints)
-    state = {"use_state_token": True, "state_dim": max_state} if mode == "reference" else {}
+    state: dict[str, Any] = {"use_state_token": True, "state_dim": max_state} if mode == "reference" else {}
+    if expert_width is not None:
+        if expert_width < 32 or expert_width % 32:
+            raise ValueError(f"expert_width must be a positive multiple of 32, got {expert_width}")
+        state.update(
+            hidden_size=expert_width, num_heads=expert_width // 32, output_dim=expert_width,
+            head_hidden_size=expert_width, timestep_embed_dim=max(16, expert_width // 2),
+            num_future_tokens=4,
+        )  # fmt: skip
+    if expert_layers is not None:
+        if expert_layers < 1:
+            raise ValueError(f"expert_layers must be >= 1, got {expert_layers}")
+        state["num_layers"] = expert_layers
     expert = ActionExpertConfig.tiny(cond_dim=128, action_dim=joints, horizon=horizon, **state)
     vocab = max(1024, len(tokenizer))
     if family == "qwen3_vl":
@@ -309,6 +329,8 @@ def make_tiny_checkpoint(
     family: str = "qwen3_vl",
     seed: int = 0,
     overwrite: bool = False,
+    expert_width: int | None = None,
+    expert_layers: int | None = None,
 ) -> Path:
     """Write a random-init tiny checkpoint (small BPE tokenizer, placeholder statistics).
 
@@ -319,20 +341,28 @@ def make_tiny_checkpoint(
         family: ``qwen3_vl`` or ``qwen2_5_vl``.
         seed: torch seed of the random weights (same seed -> bit-identical weights).
         overwrite: replace an existing directory.
+        expert_width: action expert width (see :func:`tiny_config`).
+        expert_layers: action expert blocks.
 
     Returns:
         The directory.
     """
     emb = as_embodiment(embodiment)
     tok = build_small_tokenizer()
-    config = tiny_config(tok, emb, mode=mode, family=family)
+    config = tiny_config(
+        tok, emb, mode=mode, family=family, expert_width=expert_width, expert_layers=expert_layers
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config)
     return save_checkpoint(
         out_dir, model, tokenizer=tok, normalizers=placeholder_normalizers(emb), embodiment=emb,
         processor_config=ProcessorConfig.for_family(family), overwrite=overwrite,
-        metadata={"source": f"make-tiny(seed={seed})", "norm_stats": "placeholder (joint limits)"},
+        metadata={
+            "source": f"make-tiny(seed={seed})" if expert_width is None and expert_layers is None
+            else f"make-tiny(seed={seed}, expert_width={expert_width}, expert_layers={expert_layers})",
+            "norm_stats": "placeholder (joint limits)",
+        },
     )  # fmt: skip
 
 

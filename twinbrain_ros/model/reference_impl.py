@@ -86,7 +86,7 @@ def left_rule(valid: torch.Tensor) -> torch.Tensor:
     batch, length = valid.shape
     is_real = valid.tolist()
     rows = [[[is_real[b][j] and j <= i for j in range(length)] for i in range(length)] for b in range(batch)]
-    return torch.tensor(rows, dtype=torch.bool).reshape(batch, length, length)
+    return torch.tensor(rows, dtype=torch.bool, device=valid.device).reshape(batch, length, length)
 
 
 def joint_rule(left_valid: torch.Tensor, right_valid: torch.Tensor, index_aligned: bool) -> torch.Tensor:
@@ -104,7 +104,8 @@ def joint_rule(left_valid: torch.Tensor, right_valid: torch.Tensor, index_aligne
             to_left = [left_real[b][j] and (j <= i or not index_aligned) for j in range(left_len)]
             to_right = [right_real[b][j] and j <= i for j in range(right_len)]
             rows.append(to_left + to_right)
-    return torch.tensor(rows, dtype=torch.bool).reshape(batch, right_len, left_len + right_len)
+    out = torch.tensor(rows, dtype=torch.bool, device=right_valid.device)
+    return out.reshape(batch, right_len, left_len + right_len)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ logic and its tests live there):
   boundary with every reason, the rest goes to the controller, which checks ordering and freshness),
   ``joint_states`` (``sensor_msgs/JointState``; the first valid one initialises the hold position)
   and ``estop`` (``std_msgs/Bool``: true engages, false releases); service ``~/estop``
-  (``std_srvs/SetBool``, same meaning);
+  (``std_srvs/SetBool``, same meaning); service ``~/reset`` (``std_srvs/Trigger``: a new episode, the
+  robot was moved: chunks are dropped, the controller waits for a joint state measured after the
+  reset and holds it, and chunks computed from older observations are refused);
 * publishes the command on ``command_topic`` through one of three adapters, and
   ``~/status`` (``twinbrain_ros/msg/ControllerStatus``) at ``status_rate_hz``.
 
@@ -189,6 +191,9 @@ class ControllerNode(Node):
         )
         self.create_subscription(Bool, self.p.estop_topic, self._on_estop_topic, 10)
         self.create_service(SetBool, "~/estop", self._on_estop_service)
+        from std_srvs.srv import Trigger
+
+        self.create_service(Trigger, "~/reset", self._on_reset_service)
         self.create_timer(1.0 / self.p.status_rate_hz, self._publish_status)
 
         self._stop = threading.Event()
@@ -277,6 +282,9 @@ class ControllerNode(Node):
         now = self.now()
         if now <= 0.0:
             return  # sim time not received yet
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp > 0.0 and stamp < self.ctl.reset_time:
+            return  # measured before the last reset: the robot has been moved since
         try:
             _, q, _ = joint_state_from_msg(msg, self.joint_names)
         except ValidationError as e:
@@ -300,6 +308,16 @@ class ControllerNode(Node):
         else:
             self.get_logger().info(f"{reason}; mode {mode}")
         return mode
+
+    def _on_reset_service(self, request, response):
+        """~/reset: a new episode (the robot was moved): drop chunks, re-initialise from joint_states."""
+        with self._lock:
+            self.ctl.reset(self.now())
+            reason = self.ctl.last_reason
+        self.get_logger().info(reason)
+        response.success = True
+        response.message = reason
+        return response
 
     def _on_estop_topic(self, msg) -> None:
         self._set_estop(bool(msg.data), "topic")

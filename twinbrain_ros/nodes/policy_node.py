@@ -89,6 +89,9 @@ class PolicyNodeParams:
     device: str = param("cpu", "Compute device of model policies, e.g. cpu or cuda:0.")
     backend: str = param("torch", "Inference runtime of model policies, e.g. torch or onnx.")
     seed: int = param(0, "Seed of any randomness in the policy.", low=0, high=2**31 - 1)
+    num_threads: int = param(
+        0, "CPU threads of model policies (0 = the runtime's default, one per core).", low=0, high=256
+    )
     autostart: bool = param(False, "Configure and activate on start-up (no lifecycle manager needed).")
     camera_topics: tuple[str, ...] = param(
         (), "Image topics, one per contract camera in contract order; empty = the contract's topics."
@@ -313,6 +316,8 @@ class PolicyNode(LifecycleNode):
                 "simulated_latency_s": p.simulated_latency_s,
                 "latency_busy": p.simulated_latency_busy,
             }
+        elif p.num_threads:
+            options = {"num_threads": p.num_threads}
         t0 = time.monotonic()
         try:
             policy = load_policy(

@@ -160,7 +160,7 @@ def _make_twinbrain(emb: Embodiment, model_dir: str, device: str, backend: str, 
             f"policy 'twinbrain' is unavailable: importing twinbrain_ros.policy failed ({e}); "
             "install the model extras (pip install 'twinbrain-ros[model]')"
         ) from e
-    return Policy.load(model_dir, device=device, backend=backend, seed=seed)
+    return Policy.load(model_dir, device=device, backend=backend, seed=seed, **dict(options))
 
 
 def check_policy_contract(policy: PolicyBackend, emb: Embodiment) -> list[str]:

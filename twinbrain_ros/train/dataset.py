@@ -267,14 +267,17 @@ class LeRobotV3Source:
 
     Numeric columns are read once; images (PNG in parquet, ``dtype: image``) are decoded per frame
     from parquet row groups kept in a byte-bounded LRU cache, so random access costs one row-group read
-    per miss (our writer uses 64-frame row groups). Video features are listed in
-    ``video_camera_names`` but cannot be decoded here.
+    per miss (our writer uses 64-frame row groups). Decoded frames are kept too, up to
+    ``decoded_cache_bytes``, so from the second epoch on a small dataset costs no PNG decoding
+    (~9 ms per 224x224 frame on one core). Video features are listed in ``video_camera_names`` but
+    cannot be decoded here.
 
     Args:
         root: the dataset directory.
         state_key: the state feature.
         action_key: the action feature.
         cache_bytes: bound of the row-group cache (per process).
+        decoded_cache_bytes: bound of the decoded-frame cache (per process; 0 = off).
 
     Raises:
         DatasetError: if the directory is not a readable v3.0 dataset or lacks a feature.
@@ -287,6 +290,7 @@ class LeRobotV3Source:
         state_key: str = "observation.state",
         action_key: str = "action",
         cache_bytes: int = 1 << 30,
+        decoded_cache_bytes: int = 4 << 30,
     ) -> None:
         from twinbrain_ros.data.reader import DatasetError, LeRobotV3Dataset
 
@@ -313,6 +317,9 @@ class LeRobotV3Source:
         self._cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, int, str], Any] = OrderedDict()
         self._cached = 0
+        self._decoded_bytes_max = int(decoded_cache_bytes)
+        self._decoded: dict[tuple[int, str], np.ndarray] = {}
+        self._decoded_bytes = 0
         # Where each global frame lives: (file, row group, row within the group).
         self._files = sorted((self.root / "data").glob("**/*.parquet"))
         self._where = np.full((len(self.states), 3), -1, dtype=np.int64)
@@ -351,8 +358,16 @@ class LeRobotV3Source:
 
         if camera not in self._image_keys:
             raise KeyError(f"camera {camera!r} is not an image feature (cameras: {list(self.camera_names)})")
+        hit = self._decoded.get((int(index), camera))
+        if hit is not None:
+            return hit.copy()
         fid, rg, row = (int(v) for v in self._where[index])
-        return decode_png(self._row_group(fid, rg, self._image_keys[camera])[row].as_py())
+        img = decode_png(self._row_group(fid, rg, self._image_keys[camera])[row].as_py())
+        if self._decoded_bytes + img.nbytes <= self._decoded_bytes_max:
+            self._decoded[(int(index), camera)] = img
+            self._decoded_bytes += img.nbytes
+            return img.copy()
+        return img
 
     def fingerprint(self) -> str:
         """Hash of ``info.json``, the numeric columns, tasks and the data files' names and sizes."""
@@ -369,6 +384,7 @@ class LeRobotV3Source:
         """Pickle (DataLoader workers) without the cache."""
         state = dict(self.__dict__)
         state["_cache"], state["_cached"] = OrderedDict(), 0
+        state["_decoded"], state["_decoded_bytes"] = {}, 0
         return state
 
 

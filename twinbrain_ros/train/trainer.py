@@ -1131,6 +1131,30 @@ def _processor_config(base: Any, image_size: int | None) -> Any:
     )  # fmt: skip
 
 
+def _contract_of_data(source: FrameSource, init_emb: Any) -> Any:
+    """The contract a new run's checkpoint is for: the one the data was recorded with, if it says.
+
+    A dataset converted by ``twinbrain convert`` records its contract (``meta/twinbrain.json``). When
+    it names the same joints in the same order as the initial checkpoint's, the trained checkpoint
+    carries the data's contract (cameras, rates, chunk timing), so that a policy node on that robot
+    or simulator accepts it; otherwise the initial checkpoint's contract stays and
+    :func:`check_source` reports the mismatch.
+    """
+    from twinbrain_ros.core.embodiment import parse_embodiment
+    from twinbrain_ros.core.validation import ValidationError
+
+    data = getattr(source, "embodiment", None)
+    if not isinstance(data, dict):
+        return init_emb
+    try:
+        emb = parse_embodiment(data, source=f"{getattr(source, 'root', 'dataset')} (meta/twinbrain.json)")
+    except ValidationError:
+        return init_emb
+    if tuple(emb.joint_names) != tuple(init_emb.joint_names):
+        return init_emb
+    return emb
+
+
 def build_trainer(
     config: TrainConfig,
     source: FrameSource,
@@ -1168,6 +1192,8 @@ def build_trainer(
         raise ValueError("a new run needs config.init (a checkpoint directory from twinbrain init/make-tiny)")
     ckpt = load_checkpoint(start, device="cpu", dtype=torch.float32)
     emb, model_cfg = ckpt.embodiment, ckpt.config
+    if resume is None:
+        emb = _contract_of_data(source, emb)
     cameras = dict(config.cameras) if config.cameras else {c: c for c in emb.camera_names}
     extra = sorted(set(cameras) - set(emb.camera_names))
     lacking = sorted(set(emb.camera_names) - set(cameras))
