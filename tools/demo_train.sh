@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${DEMO_TRAIN_DIR:-out/demo-train}
-EPISODES=${DEMO_TRAIN_EPISODES:-240}
-STEPS=${DEMO_TRAIN_STEPS:-5000}
+EPISODES=${DEMO_TRAIN_EPISODES:-120}
+STEPS=${DEMO_TRAIN_STEPS:-2000}
 DEST=${DEMO_TRAIN_DEST:-models/so101-sim-touch}
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONPATH=$PWD
 mkdir -p "$OUT"

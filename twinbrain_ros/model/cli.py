@@ -69,6 +69,9 @@ def add_make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-width", type=int, default=None,
                    help="action expert width (default 32; the sim demo uses 128)")  # fmt: skip
     p.add_argument("--expert-layers", type=int, default=None, help="action expert blocks (default 2)")
+    p.add_argument("--expert-state-token", action="store_true",
+                   help="also give the action expert the state as its own leading token (the right "
+                        "brain sees it either way)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -124,6 +127,7 @@ def make_tiny_main(a: argparse.Namespace) -> int:
         path = make_tiny_checkpoint(
             a.out, embodiment=a.embodiment, mode=a.mode, family=a.family, seed=a.seed, overwrite=a.overwrite,
             expert_width=a.expert_width, expert_layers=a.expert_layers,
+            expert_state_token=a.expert_state_token,
         )  # fmt: skip
     except (ValidationError, ValueError, FileExistsError, FileNotFoundError) as exc:
         return _fail(exc, "make-tiny")

@@ -277,17 +277,20 @@ def tiny_config(
     family: str = "qwen3_vl",
     expert_width: int | None = None,
     expert_layers: int | None = None,
+    expert_state_token: bool = False,
 ) -> TwinBrainConfig:
     """The tiny config sized for ``tokenizer`` and ``embodiment`` (action dim = joints, contract horizon).
 
     In reference mode the expert gets its own state token, so the state is used in both modes.
     ``expert_width`` / ``expert_layers`` widen / deepen the action expert (the brains stay tiny); a
-    width must be a multiple of 32 (heads of 32 channels).
+    width must be a multiple of 32 (heads of 32 channels). ``expert_state_token`` also gives the
+    expert the state as its own leading token (reference mode always does).
     """
     ids = special_token_ids(tokenizer)
     joints, horizon = embodiment.num_joints, embodiment.action.horizon
     max_state = max(16, joints)
-    state: dict[str, Any] = {"use_state_token": True, "state_dim": max_state} if mode == "reference" else {}
+    with_token = mode == "reference" or expert_state_token
+    state: dict[str, Any] = {"use_state_token": True, "state_dim": max_state} if with_token else {}
     if expert_width is not None:
         if expert_width < 32 or expert_width % 32:
             raise ValueError(f"expert_width must be a positive multiple of 32, got {expert_width}")
@@ -331,6 +334,7 @@ def make_tiny_checkpoint(
     overwrite: bool = False,
     expert_width: int | None = None,
     expert_layers: int | None = None,
+    expert_state_token: bool = False,
 ) -> Path:
     """Write a random-init tiny checkpoint (small BPE tokenizer, placeholder statistics).
 
@@ -343,6 +347,7 @@ def make_tiny_checkpoint(
         overwrite: replace an existing directory.
         expert_width: action expert width (see :func:`tiny_config`).
         expert_layers: action expert blocks.
+        expert_state_token: the expert gets the state as its own token too.
 
     Returns:
         The directory.
@@ -350,8 +355,9 @@ def make_tiny_checkpoint(
     emb = as_embodiment(embodiment)
     tok = build_small_tokenizer()
     config = tiny_config(
-        tok, emb, mode=mode, family=family, expert_width=expert_width, expert_layers=expert_layers
-    )
+        tok, emb, mode=mode, family=family, expert_width=expert_width, expert_layers=expert_layers,
+        expert_state_token=expert_state_token,
+    )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config)
@@ -360,7 +366,8 @@ def make_tiny_checkpoint(
         processor_config=ProcessorConfig.for_family(family), overwrite=overwrite,
         metadata={
             "source": f"make-tiny(seed={seed})" if expert_width is None and expert_layers is None
-            else f"make-tiny(seed={seed}, expert_width={expert_width}, expert_layers={expert_layers})",
+            and not expert_state_token else f"make-tiny(seed={seed}, expert_width={expert_width}, "
+            f"expert_layers={expert_layers}, expert_state_token={expert_state_token})",
             "norm_stats": "placeholder (joint limits)",
         },
     )  # fmt: skip

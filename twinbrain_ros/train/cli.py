@@ -36,7 +36,7 @@ _FIELDS = {
     "num_workers": "num_workers", "progress": "progress", "action_mode": "action_mode",
     "state_mode": "state_mode", "binary_gripper": "binary_gripper", "binary_threshold": "binary_threshold",
     "norm_stats": "norm_stats", "image_size": "image_size",
-    "find_unused_parameters": "find_unused_parameters",
+    "find_unused_parameters": "find_unused_parameters", "state_dropout": "state_dropout",
 }  # fmt: skip
 
 
@@ -80,6 +80,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="auto: bf16 on a GPU that has it, else fp32")  # fmt: skip
     g.add_argument("--seed", type=int, default=None, help="default 0")
+    g.add_argument("--state-dropout", type=float, default=None,
+                   help="share of samples trained with the state blanked, so the policy must use the "
+                        "camera (default 0)")  # fmt: skip
 
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=None,

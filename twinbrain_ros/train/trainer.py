@@ -170,6 +170,7 @@ class TrainConfig:
     cameras: dict[str, str] | None = None
     image_size: int | None = None
     find_unused_parameters: bool = False
+    state_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate; raises ValueError listing every bad value."""
@@ -207,6 +208,8 @@ class TrainConfig:
         for name in ("action_mode", "state_mode"):
             if getattr(self, name) not in NORM_MODES:
                 problems.append(f"{name} must be one of {NORM_MODES}, got {getattr(self, name)!r}")
+        if not isinstance(self.state_dropout, int | float) or not 0.0 <= self.state_dropout < 1.0:
+            problems.append(f"state_dropout must be in [0, 1), got {self.state_dropout!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 28):
             problems.append(f"image_size must be an int >= 28 or None, got {self.image_size!r}")
         if not self.output_dir:
@@ -803,6 +806,26 @@ class Trainer:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     # -- training ----------------------------------------------------------------------------------
+    def _drop_state(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """State dropout: blank the normalised state of a random ``state_dropout`` share of samples.
+
+        Proprioception lets a policy copy the motion it is already in and ignore the camera (the
+        "copycat" failure): mid-reach, the arm's pose predicts the next actions, so nothing pushes the
+        model to find the object in the image, and from the home pose it does not know where to go.
+        Blanked samples (state 0 = the middle of the normalisation range) can only be solved from the
+        image and the instruction. Seeded by (seed, micro-step), so a resumed run blanks the same samples.
+        """
+        p = float(self.config.state_dropout)
+        from twinbrain_ros.model import modeling as M
+
+        if p <= 0.0 or M.STATE not in batch:
+            return batch
+        state = batch[M.STATE]
+        gen = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + int(self.micro_step))
+        drop = (torch.rand(state.shape[0], generator=gen) < p).to(state.device)
+        batch[M.STATE] = torch.where(drop[:, None], torch.zeros_like(state), state)
+        return batch
+
     def train(self, until: int | None = None) -> TrainSummary:
         """Run until ``config.max_steps`` (or ``until``); saves every ``save_every`` steps and at the end.
 
@@ -836,7 +859,7 @@ class Trainer:
                 loss_sum = torch.zeros((), device=rt.device)
                 grad_norm = None
                 for _ in range(cfg.grad_accum):
-                    batch = self._to_device(next(data))
+                    batch = self._drop_state(self._to_device(next(data)))
                     self.micro_step += 1
                     with rt.accumulate(self.model):
                         with rt.autocast():
