@@ -38,3 +38,25 @@ def test_reset_waits_for_state_and_refuses_older_chunks():
     assert not stale.accepted and "before the last reset" in ctl.last_reason
     # A lower chunk id than before the reset is fine: ordering history was forgotten.
     assert ctl.offer(_chunk(emb, home + 0.05, 2.03, 2.02, 1), 2.03).accepted
+
+
+def test_command_velocity_never_exceeds_the_limit_even_with_an_irregular_period():
+    """The command's velocity field (a feed-forward for JTC) stays within the limit, like its positions."""
+    emb = load_embodiment("so101_sim")
+    vmax = np.asarray(emb.limits.max_velocity)
+    for method in ("linear", "cubic"):
+        ctl = ChunkController(ControllerConfig.from_embodiment(emb, method=method))
+        ctl.initialize(np.zeros(6), 0.0)
+        t, worst, q = 0.0, 0.0, np.zeros(6)
+        rng = np.random.default_rng(1)
+        for cid in range(1, 60):  # near-limit chunks, 20 ms old on arrival, re-planned every 0.1 s
+            pos = q + np.arange(16)[:, None] * 0.05 * rng.choice([-1, 1], 6) * 2.95
+            pos = pos + rng.normal(0, 0.05, (16, 6))
+            chunk = ActionChunk(emb.joint_names, pos, 0.05, t0=t - 0.02, obs_stamp=t - 0.02, chunk_id=cid)
+            ctl.offer(chunk, t)
+            for k in range(20):
+                t += 0.004 if k % 2 else 0.006  # an irregular loop (a late cycle, then an early one)
+                cmd = ctl.step(t)
+                q = cmd.position
+                worst = max(worst, float(np.max(np.abs(cmd.velocity) / vmax)))
+        assert 0.9 < worst <= 1.0 + 1e-9, (method, worst)

@@ -240,3 +240,23 @@ def test_resume_equals_an_uninterrupted_run(backend, tiny_init, source, tmp_path
     for key in ("step", "micro_step", "schedule", "dataset_fingerprint", "left_fingerprint"):
         assert sa[key] == sb[key], key
     assert sa["optimizer"]["param_groups"] == sb["optimizer"]["param_groups"]
+
+
+def test_state_dropout_blanks_a_seeded_share_of_states(tiny_init, source, tmp_path):
+    from twinbrain_ros.model import modeling as M
+
+    with pytest.raises(ValueError, match="state_dropout"):
+        config(tmp_path, tiny_init, state_dropout=1.0)
+    trainer = build_trainer(config(tmp_path, tiny_init, state_dropout=0.5, seed=3), source)
+    state = torch.ones(400, 16)
+    trainer.micro_step = 7
+    out = trainer._drop_state({M.STATE: state.clone()})[M.STATE]
+    blank = (out == 0).all(dim=1)
+    assert 150 < int(blank.sum()) < 250  # about half
+    assert torch.equal(out[~blank], state[~blank])  # the rest untouched
+    again = trainer._drop_state({M.STATE: state.clone()})[M.STATE]
+    assert torch.equal(again, out)  # same (seed, micro-step) -> same samples, so a resume repeats them
+    trainer.micro_step = 8
+    assert not torch.equal(trainer._drop_state({M.STATE: state.clone()})[M.STATE], out)
+    plain = build_trainer(config(tmp_path / "p", tiny_init), source)
+    assert torch.equal(plain._drop_state({M.STATE: state.clone()})[M.STATE], state)

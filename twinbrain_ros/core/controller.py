@@ -384,7 +384,11 @@ class ChunkController:
         )
         self._q = out.position
         self._v_secant = out.velocity
-        self._v = out.velocity if out.clamped else np.asarray(target_v, dtype=np.float64)
+        v = out.velocity if out.clamped else np.asarray(target_v, dtype=np.float64)
+        # The command's velocity (a feed-forward for trajectory controllers) obeys the limit too: a
+        # reference slightly faster than allowed between two unclamped positions must not leak out.
+        vmax = self.cfg.limits.max_velocity
+        self._v = np.clip(v, -vmax, vmax)
         self._t = float(now)
         self._dt_prev = dt
         self.cycles += 1
