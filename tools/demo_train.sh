@@ -25,7 +25,7 @@ if [[ ! -f "$OUT/episodes.done" ]]; then
     --tasks touch_red_cube,touch_blue_cube --seed 0 --real-time-factor 1.5
   touch "$OUT/episodes.done"
 fi
-$PY -m twinbrain_ros.cli convert "$OUT/episodes" --out "$OUT/dataset" --only-success --overwrite
+$PY -m twinbrain_ros.cli convert "$OUT/episodes" --out "$OUT/dataset" --only-success --skip-bad --overwrite
 $PY -m twinbrain_ros.cli make-tiny --out "$OUT/init" --embodiment so101_sim --expert-width 128 \
   --expert-layers 4 --seed 0 --overwrite
 $PY -m twinbrain_ros.cli train --init "$OUT/init" --dataset "$OUT/dataset" --output-dir "$OUT/run" \

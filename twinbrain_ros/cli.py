@@ -92,6 +92,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from twinbrain_ros.evaluation import add_eval_sim_arguments, eval_sim_main
     from twinbrain_ros.export.cli import add_export_args, add_verify_args, export_main, verify_main
     from twinbrain_ros.train.cli import add_train_args, train_main
+    from twinbrain_ros.train.grounding import add_eval_grounding_arguments, eval_grounding_main
 
     for name, help_, add, fn in (
         ("record", "record teleoperation episodes to MCAP over ROS 2", add_record_arguments, record_main),
@@ -103,6 +104,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         ),
         ("convert", "MCAP episodes -> LeRobot v3 dataset", add_convert_arguments, convert_main),
         ("eval-sim", "closed-loop evaluation in MuJoCo over ROS 2", add_eval_sim_arguments, eval_sim_main),
+        (
+            "eval-grounding",
+            "offline: does a policy act on camera + instruction or copy the state?",
+            add_eval_grounding_arguments,
+            eval_grounding_main,
+        ),
         ("train", "train a TwinBrain checkpoint on LeRobot v3 datasets", add_train_args, train_main),
         ("export", "ONNX graphs per deployment profile (+ TensorRT engines)", add_export_args, export_main),
         ("verify", "compare an inference backend with PyTorch", add_verify_args, verify_main),

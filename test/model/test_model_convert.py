@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,8 +28,11 @@ from twinbrain_ros.model.convert import (
     convert_reference,
     hf_to_brain_key,
     init_from_hf,
+    make_tiny_checkpoint,
     placeholder_normalizers,
     reference_statistics,
+    sincos_2d,
+    smooth_vision_positions,
     tiny_config,
     tiny_qwen2_5_backbone,
     to_reference_state_dict,
@@ -295,3 +299,47 @@ def test_cli_make_tiny_and_failures(tmp_path, capsys):
     sub = argparse.ArgumentParser().add_subparsers()
     cli.register(sub)
     assert {"init", "convert-reference", "make-tiny"} <= set(sub.choices)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_make_tiny_deeper_brains_build_and_run(tmp_path, family):
+    args = parse(
+        cli.add_make_tiny_args,
+        ["--out", str(tmp_path / "deep"), "--family", family, "--embodiment", "so101_sim",
+         "--brain-layers", "3", "--vision-depth", "4"],
+    )  # fmt: skip
+    assert cli.make_tiny_main(args) == 0
+    ck = load_checkpoint(tmp_path / "deep")
+    text, vision = ck.config.backbone["text_config"], ck.config.backbone["vision_config"]
+    assert text["num_hidden_layers"] == 3 and vision["depth"] == 4
+    if family == "qwen3_vl":
+        assert vision["deepstack_visual_indexes"] == [0, 3]  # taps spread over the deeper tower
+    else:
+        assert vision["fullatt_block_indexes"] == [3]
+    assert "brain_layers=3" in json.dumps(ck.metadata)
+    chunk = Policy.load(tmp_path / "deep").infer(fake_observation(load_embodiment("so101_sim")), seed=0)
+    assert chunk.positions.shape == (16, 6) and np.isfinite(chunk.positions).all()
+    with pytest.raises(ValueError, match="brain_layers must be >= 1"):
+        make_tiny_checkpoint(tmp_path / "bad", brain_layers=0)
+
+
+def test_smooth_vision_positions_give_both_brains_one_smooth_table(tmp_path):
+    table = sincos_2d(16, 64)
+    assert table.shape == (256, 64)
+    grid = table.reshape(16, 16, 64)
+    near = torch.cosine_similarity(grid[:, :-1], grid[:, 1:], dim=-1).mean()  # one column apart
+    far = torch.cosine_similarity(grid[:, :4], grid[:, -4:], dim=-1).mean()  # twelve columns apart (same row)
+    assert near > 0.95 and far < near - 0.2
+    # the code separates every position (no two rows of the table alike)
+    d = torch.cdist(table, table) + torch.eye(256) * 1e9
+    assert d.min() > 0.1
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_2d(4, 6)
+    path = make_tiny_checkpoint(tmp_path / "s", embodiment="so101_sim", smooth_positions=True)
+    ck = load_checkpoint(path)
+    left = ck.model.brains.left.model.visual.pos_embed.weight
+    right = ck.model.brains.right.model.visual.pos_embed.weight
+    assert torch.equal(left, right) and torch.allclose(left, table)
+    assert "smooth_positions=True" in json.dumps(ck.metadata)
+    plain = make_tiny_checkpoint(tmp_path / "p", embodiment="so101_sim", family="qwen2_5_vl")
+    assert smooth_vision_positions(load_checkpoint(plain).model) is False  # rotary-only vision tower

@@ -10,6 +10,15 @@ import pytest
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
 
 
+def test_episode_plan_cycles_tasks_or_pairs_them_on_one_scene():
+    from twinbrain_ros.data.sim_record import episode_plan
+
+    tasks = ["a", "b"]
+    assert episode_plan(5, tasks, 10) == [(10, "a"), (11, "b"), (12, "a"), (13, "b"), (14, "a")]
+    paired = [(10, "a"), (10, "b"), (11, "a"), (11, "b"), (12, "a")]
+    assert episode_plan(5, tasks, 10, each_task=True) == paired
+
+
 def test_record_sim_then_convert_only_successful_episodes(tmp_path, ros_domain, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "egl")
     from twinbrain_ros.data.convert import ConvertOptions, convert_episodes
@@ -23,8 +32,10 @@ def test_record_sim_then_convert_only_successful_episodes(tmp_path, ros_domain, 
         seed=7,
         real_time_factor=3.0,
         log_dir=tmp_path / "logs",
+        each_task=True,
     )
     assert [r["task"] for r in res] == ["touch_red_cube", "touch_blue_cube"]
+    assert [r["seed"] for r in res] == [7, 7]  # one scene, both instructions
     assert all(r["success"] and r["stopped"] for r in res), res
     files = sorted(out.glob("episode_*.mcap"))
     assert len(files) == 2 and not list(out.glob("*.partial.mcap"))

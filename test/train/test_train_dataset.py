@@ -24,6 +24,7 @@ from twinbrain_ros.train.dataset import (
     chunk_offsets,
     compute_normalizers,
     dataset_fingerprint,
+    episode_start_repeats,
     gripper_dims,
     open_source,
     synthetic_source,
@@ -157,6 +158,24 @@ def test_sampler_is_deterministic_resumable_and_sharded():
     assert not set(sum(r0, [])) & set(sum(r1, []))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ResumableBatchSampler(3, 2, world_size=2)
+
+
+def test_episode_starts_are_oversampled_and_the_sampler_stays_resumable():
+    episode = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    rep = episode_start_repeats(episode, fps=10.0, seconds=0.2, repeats=3)  # first two frames of each
+    assert rep.tolist() == [3, 3, 1, 1, 1, 3, 3, 1, 3, 3, 1, 1]
+
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    sampler = ResumableBatchSampler(12, 4, seed=2, repeats=rep)
+    assert sampler.batches_per_epoch == rep.sum() // 4  # the epoch holds the repeats
+    epoch = sum(take(sampler, sampler.batches_per_epoch), [])
+    assert np.bincount(epoch, minlength=12).tolist() == rep.tolist()  # 24 = 6 full batches, none dropped
+    assert take(ResumableBatchSampler(12, 4, seed=2, repeats=rep, start=3), 2) == take(sampler, 5)[3:5]
+    with pytest.raises(ValueError, match="repeats must be 12 non-negative integers"):
+        ResumableBatchSampler(12, 4, repeats=np.ones(11, np.int64))
 
 
 def test_collator_builds_the_model_batch(tiny_init, source):

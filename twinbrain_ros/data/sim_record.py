@@ -33,7 +33,23 @@ def add_record_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-episode-s", type=float, default=8.0, help="sim seconds before giving up")
     p.add_argument("--settle-s", type=float, default=0.5, help="sim seconds recorded after success")
     p.add_argument("--real-time-factor", type=float, default=1.0, help="sim seconds per wall second")
+    p.add_argument(
+        "--each-task",
+        action="store_true",
+        help="record every seed once per task (the same scene with each instruction: language-contrastive "
+        "pairs) instead of cycling tasks over consecutive seeds; --episodes still counts episodes",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+
+def episode_plan(
+    episodes: int, tasks: list[str], seed: int, each_task: bool = False
+) -> list[tuple[int, str]]:
+    """(seed, task) of each episode: tasks cycled over consecutive seeds, or each seed once per task."""
+    n = len(tasks)
+    if each_task:
+        return [(seed + i // n, tasks[i % n]) for i in range(episodes)]
+    return [(seed + i, tasks[i % n]) for i in range(episodes)]
 
 
 def _call(node, client, request, timeout: float = 15.0):
@@ -57,8 +73,13 @@ def record_sim(
     settle_s: float = 0.5,
     real_time_factor: float = 1.0,
     log_dir: Path | None = None,
+    each_task: bool = False,
 ) -> list[dict]:
-    """Record ``episodes`` episodes; returns one summary dict per episode."""
+    """Record ``episodes`` episodes; returns one summary dict per episode.
+
+    Episode ``i`` uses seed ``seed + i`` and task ``tasks[i % len(tasks)]``, or with ``each_task`` seed
+    ``seed + i // len(tasks)`` so that every scene is recorded once with each task's instruction.
+    """
     import rclpy
     from std_srvs.srv import SetBool, Trigger
 
@@ -83,9 +104,8 @@ def record_sim(
     mark = node.create_client(SetBool, "/recorder_node/mark_success")
     results = []
     try:
-        for i in range(episodes):
-            task = tasks[i % len(tasks)]
-            r = _call(node, reset, ResetEpisode.Request(seed=seed + i, task=task))
+        for i, (ep_seed, task) in enumerate(episode_plan(episodes, tasks, seed, each_task)):
+            r = _call(node, reset, ResetEpisode.Request(seed=ep_seed, task=task))
             if not r.success:
                 raise RuntimeError(f"reset failed: {r.message}")
             s = _call(node, start, StartEpisode.Request(instruction=r.instruction, task=task))
@@ -107,14 +127,14 @@ def record_sim(
                 {
                     "episode": i,
                     "task": task,
-                    "seed": seed + i,
+                    "seed": ep_seed,
                     "success": ok,
                     "time_to_success_s": float(st.first_success_time) if ok else None,
                     "file": s.path.replace(".partial.mcap", ".mcap"),
                     "stopped": bool(t.success),
                 }
             )
-            print(f"[record-sim] episode {i}: {task} seed {seed + i} success={ok}", file=sys.stderr)
+            print(f"[record-sim] episode {i}: {task} seed {ep_seed} success={ok}", file=sys.stderr)
     finally:
         node.destroy_node()
         rclpy.shutdown()
@@ -125,7 +145,10 @@ def record_sim(
 def record_sim_main(a: argparse.Namespace) -> int:
     """Entry point of ``twinbrain record-sim``; 0 when every episode was recorded."""
     tasks = [t for t in a.tasks.split(",") if t]
-    res = record_sim(a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor)
+    res = record_sim(
+        a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor,
+        each_task=a.each_task,
+    )
     n_ok = sum(r["success"] for r in res)
     print(f"record-sim: episodes={len(res)} success={n_ok}/{len(res)} out={a.out}")
     if a.json:

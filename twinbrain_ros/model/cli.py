@@ -72,6 +72,14 @@ def add_make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-state-token", action="store_true",
                    help="also give the action expert the state as its own leading token (the right "
                         "brain sees it either way)")  # fmt: skip
+    p.add_argument("--brain-layers", type=int, default=None,
+                   help="language-model layers per brain (default 2)")  # fmt: skip
+    p.add_argument("--vision-depth", type=int, default=None, help="vision-tower blocks per brain (default 2)")
+    p.add_argument("--diffusion-repeats", type=int, default=None,
+                   help="noise/time draws per example in the training loss (default 1)")  # fmt: skip
+    p.add_argument("--smooth-positions", action="store_true",
+                   help="start the vision position table as a smooth 2-D sine/cosine code instead of "
+                        "random (Qwen3-VL; helps brains trained from scratch localise things)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -127,7 +135,8 @@ def make_tiny_main(a: argparse.Namespace) -> int:
         path = make_tiny_checkpoint(
             a.out, embodiment=a.embodiment, mode=a.mode, family=a.family, seed=a.seed, overwrite=a.overwrite,
             expert_width=a.expert_width, expert_layers=a.expert_layers,
-            expert_state_token=a.expert_state_token,
+            expert_state_token=a.expert_state_token, brain_layers=a.brain_layers, vision_depth=a.vision_depth,
+            diffusion_repeats=a.diffusion_repeats, smooth_positions=a.smooth_positions,
         )  # fmt: skip
     except (ValidationError, ValueError, FileExistsError, FileNotFoundError) as exc:
         return _fail(exc, "make-tiny")

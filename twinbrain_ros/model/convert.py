@@ -25,6 +25,8 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import re
@@ -278,13 +280,19 @@ def tiny_config(
     expert_width: int | None = None,
     expert_layers: int | None = None,
     expert_state_token: bool = False,
+    brain_layers: int | None = None,
+    vision_depth: int | None = None,
+    diffusion_repeats: int | None = None,
 ) -> TwinBrainConfig:
     """The tiny config sized for ``tokenizer`` and ``embodiment`` (action dim = joints, contract horizon).
 
     In reference mode the expert gets its own state token, so the state is used in both modes.
-    ``expert_width`` / ``expert_layers`` widen / deepen the action expert (the brains stay tiny); a
-    width must be a multiple of 32 (heads of 32 channels). ``expert_state_token`` also gives the
-    expert the state as its own leading token (reference mode always does).
+    ``expert_width`` / ``expert_layers`` widen / deepen the action expert; a width must be a multiple
+    of 32 (heads of 32 channels). ``expert_state_token`` also gives the expert the state as its own
+    leading token (reference mode always does). ``brain_layers`` / ``vision_depth`` deepen both brains'
+    language model / vision tower (default 2 / 2; the brains stay 128 / 64 wide).
+    ``diffusion_repeats`` sets how many noise/time draws each example gets in the training loss
+    (``repeated_diffusion_steps``: one brain pass, several expert passes; a less noisy gradient).
     """
     ids = special_token_ids(tokenizer)
     joints, horizon = embodiment.num_joints, embodiment.action.horizon
@@ -303,15 +311,20 @@ def tiny_config(
         if expert_layers < 1:
             raise ValueError(f"expert_layers must be >= 1, got {expert_layers}")
         state["num_layers"] = expert_layers
+    if diffusion_repeats is not None:
+        if diffusion_repeats < 1:
+            raise ValueError(f"diffusion_repeats must be >= 1, got {diffusion_repeats}")
+        state["repeated_diffusion_steps"] = diffusion_repeats
     expert = ActionExpertConfig.tiny(cond_dim=128, action_dim=joints, horizon=horizon, **state)
     vocab = max(1024, len(tokenizer))
     if family == "qwen3_vl":
-        return preset(
+        config = preset(
             "tiny", mode=mode, vocab_size=vocab, token_ids=ids, max_state_dim=max_state, action_expert=expert
         )
+        return dataclasses.replace(config, backbone=_deepen(config.backbone, brain_layers, vision_depth))
     if family == "qwen2_5_vl":
         return TwinBrainConfig(
-            backbone=tiny_qwen2_5_backbone(ids, vocab),
+            backbone=_deepen(tiny_qwen2_5_backbone(ids, vocab), brain_layers, vision_depth),
             backbone_family="qwen2_5_vl",
             mode=mode,
             num_action_queries=4,
@@ -322,6 +335,74 @@ def tiny_config(
             action_expert=expert,
         )
     raise ValueError(f"family must be one of {BACKBONE_FAMILIES}, got {family!r}")
+
+
+def _deepen(backbone: dict[str, Any], brain_layers: int | None, vision_depth: int | None) -> dict[str, Any]:
+    """``backbone`` with ``brain_layers`` text layers and a ``vision_depth``-block vision tower.
+
+    Qwen3-VL's DeepStack taps stay one per text layer that can take them: the vision blocks spread
+    evenly over the new depth, at most ``brain_layers`` of them.
+    """
+    for name, value in (("brain_layers", brain_layers), ("vision_depth", vision_depth)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    out = copy.deepcopy(backbone)
+    text, vision = out["text_config"], out["vision_config"]
+    if brain_layers is not None:
+        text["num_hidden_layers"] = int(brain_layers)
+    if vision_depth is not None:
+        vision["depth"] = int(vision_depth)
+    if "deepstack_visual_indexes" in vision and (brain_layers is not None or vision_depth is not None):
+        depth, taps = vision["depth"], len(vision["deepstack_visual_indexes"])
+        n = min(taps, depth, text["num_hidden_layers"])
+        spread = {round(i * (depth - 1) / max(n - 1, 1)) for i in range(n)}
+        vision["deepstack_visual_indexes"] = sorted(spread)
+    if "fullatt_block_indexes" in vision and vision_depth is not None:
+        vision["fullatt_block_indexes"] = [vision_depth - 1]
+    return out
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """(side * side, dim) 2-D sine/cosine table over a row-major ``side`` x ``side`` grid.
+
+    Half the channels encode the row, half the column, each as sin/cos pairs at geometric frequencies
+    whose slowest period spans the whole grid: position becomes a smooth, nearly linear function of
+    the channels.
+    """
+    if dim % 4:
+        raise ValueError(f"dim must be a multiple of 4, got {dim}")
+    quarter = dim // 4
+    freqs = math.pi / side * (float(side) ** (-torch.arange(quarter, dtype=torch.float64) / quarter))
+    rows, cols = torch.meshgrid(
+        torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij"
+    )
+    parts = []
+    for coord in (rows.reshape(-1), cols.reshape(-1)):
+        ang = coord[:, None] * freqs[None]  # (side^2, quarter)
+        parts += [torch.sin(ang), torch.cos(ang)]
+    return torch.cat(parts, dim=1).float()
+
+
+def smooth_vision_positions(model: TwinBrainModel) -> bool:
+    """Set both brains' learned vision position table (Qwen3-VL ``pos_embed``) to :func:`sincos_2d`.
+
+    For brains trained from random init (make-tiny): a random table gives every patch position an
+    unrelated code, so mapping where a thing is in the image to where the arm must go has to be learnt
+    position by position from the few scenes of a demo dataset; a smooth table makes it one linear map
+    that generalises between positions (pretrained Qwen3-VL tables are smooth too). False when the
+    backbone has no such table (Qwen2.5-VL's vision tower uses rotary positions only).
+    """
+    done = False
+    for brain in (model.brains.left, model.brains.right):
+        table = getattr(brain.model.visual, "pos_embed", None)
+        if table is None:
+            continue
+        n, dim = table.weight.shape
+        side = math.isqrt(n)
+        with torch.no_grad():
+            table.weight.copy_(sincos_2d(side, dim).to(table.weight.dtype))
+        done = True
+    return done
 
 
 def make_tiny_checkpoint(
@@ -335,6 +416,10 @@ def make_tiny_checkpoint(
     expert_width: int | None = None,
     expert_layers: int | None = None,
     expert_state_token: bool = False,
+    brain_layers: int | None = None,
+    vision_depth: int | None = None,
+    diffusion_repeats: int | None = None,
+    smooth_positions: bool = False,
 ) -> Path:
     """Write a random-init tiny checkpoint (small BPE tokenizer, placeholder statistics).
 
@@ -348,6 +433,10 @@ def make_tiny_checkpoint(
         expert_width: action expert width (see :func:`tiny_config`).
         expert_layers: action expert blocks.
         expert_state_token: the expert gets the state as its own token too.
+        brain_layers: language-model layers of each brain (default 2).
+        vision_depth: vision-tower blocks of each brain (default 2).
+        diffusion_repeats: noise/time draws per example in the training loss (default 1).
+        smooth_positions: start the vision position table smooth (:func:`smooth_vision_positions`).
 
     Returns:
         The directory.
@@ -356,18 +445,26 @@ def make_tiny_checkpoint(
     tok = build_small_tokenizer()
     config = tiny_config(
         tok, emb, mode=mode, family=family, expert_width=expert_width, expert_layers=expert_layers,
-        expert_state_token=expert_state_token,
+        expert_state_token=expert_state_token, brain_layers=brain_layers, vision_depth=vision_depth,
+        diffusion_repeats=diffusion_repeats,
     )  # fmt: skip
+    options = {
+        "expert_width": expert_width, "expert_layers": expert_layers,
+        "expert_state_token": expert_state_token or None, "brain_layers": brain_layers,
+        "vision_depth": vision_depth, "diffusion_repeats": diffusion_repeats,
+        "smooth_positions": smooth_positions or None,
+    }  # fmt: skip
+    label = ", ".join([f"seed={seed}"] + [f"{k}={v}" for k, v in options.items() if v is not None])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config)
+    if smooth_positions:
+        smooth_vision_positions(model)
     return save_checkpoint(
         out_dir, model, tokenizer=tok, normalizers=placeholder_normalizers(emb), embodiment=emb,
         processor_config=ProcessorConfig.for_family(family), overwrite=overwrite,
         metadata={
-            "source": f"make-tiny(seed={seed})" if expert_width is None and expert_layers is None
-            and not expert_state_token else f"make-tiny(seed={seed}, expert_width={expert_width}, "
-            f"expert_layers={expert_layers}, expert_state_token={expert_state_token})",
+            "source": f"make-tiny({label})",
             "norm_stats": "placeholder (joint limits)",
         },
     )  # fmt: skip

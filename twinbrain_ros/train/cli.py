@@ -37,6 +37,7 @@ _FIELDS = {
     "state_mode": "state_mode", "binary_gripper": "binary_gripper", "binary_threshold": "binary_threshold",
     "norm_stats": "norm_stats", "image_size": "image_size",
     "find_unused_parameters": "find_unused_parameters", "state_dropout": "state_dropout",
+    "start_repeats": "start_repeats", "start_seconds": "start_seconds",
 }  # fmt: skip
 
 
@@ -83,6 +84,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--state-dropout", type=float, default=None,
                    help="share of samples trained with the state blanked, so the policy must use the "
                         "camera (default 0)")  # fmt: skip
+    g.add_argument("--start-repeats", type=int, default=None,
+                   help="sample the first --start-seconds of every episode this many times as often: "
+                        "there the state says nothing about the target, so the policy must learn it from "
+                        "the images and the instruction (default 1 = uniform)")  # fmt: skip
+    g.add_argument("--start-seconds", type=float, default=None,
+                   help="length of the oversampled episode start, s (default 0.5)")  # fmt: skip
 
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=None,

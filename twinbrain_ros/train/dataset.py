@@ -687,11 +687,36 @@ class ChunkCollator:
         return batch
 
 
+def episode_start_repeats(
+    episode_index: np.ndarray, fps: float, seconds: float, repeats: int
+) -> np.ndarray:
+    """Per-frame repeat counts: ``repeats`` for frames in the first ``seconds`` of their episode, else 1.
+
+    At the start of a demonstration the robot still stands at its home pose, so the joint state says
+    nothing about where it will go: only the images and the instruction do. Later frames can be
+    predicted from the state alone (the motion so far points at the target), which a policy learns
+    first and then copies; oversampling the starts makes the image and the instruction pay off.
+    """
+    episode_index = np.asarray(episode_index)
+    n = len(episode_index)
+    starts = np.r_[0, np.nonzero(np.diff(episode_index))[0] + 1] if n else np.zeros(0, np.int64)
+    first = np.zeros(n, np.int64)
+    first[starts] = starts
+    first = np.maximum.accumulate(first) if n else first
+    t = (np.arange(n) - first) / float(fps)
+    out = np.ones(n, np.int64)
+    out[t < seconds] = int(repeats)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling order (resumable, sharded across processes)
 # --------------------------------------------------------------------------------------------------
 class ResumableBatchSampler:
     """Endless per-process batches of a seeded per-epoch permutation; can start at any batch.
+
+    With ``repeats`` (one non-negative integer per frame), an epoch holds frame ``i`` ``repeats[i]``
+    times (``episode_start_repeats`` oversamples the first moments of each episode this way).
 
     Epoch ``e`` shuffles all frames with ``numpy.random.default_rng([seed, e])``; its global batches
     of ``batch_size * world_size`` frames are cut in order (the rest of the epoch is dropped) and process
@@ -712,13 +737,20 @@ class ResumableBatchSampler:
 
     def __init__(
         self, num_samples: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-        start: int = 0,
+        start: int = 0, repeats: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start < 0:
             raise ValueError(
                 f"bad sampler settings: batch_size={batch_size}, rank={rank}, world_size={world_size}, "
                 f"start={start}"
             )
+        self.population: np.ndarray | None = None
+        if repeats is not None:
+            repeats = np.asarray(repeats)
+            if repeats.shape != (num_samples,) or repeats.dtype.kind not in "iu" or (repeats < 0).any():
+                raise ValueError(f"repeats must be {num_samples} non-negative integers, got {repeats.shape}")
+            self.population = np.repeat(np.arange(num_samples), repeats)
+            num_samples = len(self.population)
         self.global_batch = batch_size * world_size
         if num_samples < self.global_batch:
             raise ValueError(
@@ -730,8 +762,9 @@ class ResumableBatchSampler:
         self.batches_per_epoch = num_samples // self.global_batch
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The frame order of ``epoch``."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        """The frame order of ``epoch`` (frames with ``repeats`` > 1 appear that many times)."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return perm if self.population is None else self.population[perm]
 
     def __iter__(self) -> Iterator[list[int]]:
         """Yield batches ``start, start + 1, ...`` forever."""

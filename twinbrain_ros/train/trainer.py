@@ -62,6 +62,7 @@ from twinbrain_ros.train.dataset import (
     check_source,
     compute_normalizers,
     dataset_fingerprint,
+    episode_start_repeats,
     gripper_dims,
 )
 
@@ -171,6 +172,8 @@ class TrainConfig:
     image_size: int | None = None
     find_unused_parameters: bool = False
     state_dropout: float = 0.0
+    start_repeats: int = 1
+    start_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         """Validate; raises ValueError listing every bad value."""
@@ -210,6 +213,11 @@ class TrainConfig:
                 problems.append(f"{name} must be one of {NORM_MODES}, got {getattr(self, name)!r}")
         if not isinstance(self.state_dropout, int | float) or not 0.0 <= self.state_dropout < 1.0:
             problems.append(f"state_dropout must be in [0, 1), got {self.state_dropout!r}")
+        repeats = self.start_repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            problems.append(f"start_repeats must be an int >= 1, got {self.start_repeats!r}")
+        if not isinstance(self.start_seconds, int | float) or not 0.0 < self.start_seconds < math.inf:
+            problems.append(f"start_seconds must be a finite number > 0, got {self.start_seconds!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 28):
             problems.append(f"image_size must be an int >= 28 or None, got {self.image_size!r}")
         if not self.output_dir:
@@ -788,9 +796,13 @@ class Trainer:
     # -- data --------------------------------------------------------------------------------------
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
         rt, cfg = self.runtime, self.config
+        repeats = None
+        if cfg.start_repeats > 1:
+            src = self.dataset.source
+            repeats = episode_start_repeats(src.episode_index, src.fps, cfg.start_seconds, cfg.start_repeats)
         sampler = ResumableBatchSampler(
             len(self.dataset), cfg.batch_size, seed=cfg.seed, rank=rt.process_index,
-            world_size=rt.num_processes, start=self.micro_step,
+            world_size=rt.num_processes, start=self.micro_step, repeats=repeats,
         )  # fmt: skip
         # Own generator: the DataLoader must not draw from the global RNG (dropout) when it starts.
         gen = torch.Generator().manual_seed(cfg.seed)
