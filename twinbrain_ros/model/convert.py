@@ -443,18 +443,15 @@ def make_tiny_checkpoint(
     """
     emb = as_embodiment(embodiment)
     tok = build_small_tokenizer()
-    config = tiny_config(
-        tok, emb, mode=mode, family=family, expert_width=expert_width, expert_layers=expert_layers,
-        expert_state_token=expert_state_token, brain_layers=brain_layers, vision_depth=vision_depth,
-        diffusion_repeats=diffusion_repeats,
-    )  # fmt: skip
-    options = {
+    sizes = {
         "expert_width": expert_width, "expert_layers": expert_layers,
-        "expert_state_token": expert_state_token or None, "brain_layers": brain_layers,
+        "expert_state_token": expert_state_token, "brain_layers": brain_layers,
         "vision_depth": vision_depth, "diffusion_repeats": diffusion_repeats,
-        "smooth_positions": smooth_positions or None,
     }  # fmt: skip
-    label = ", ".join([f"seed={seed}"] + [f"{k}={v}" for k, v in options.items() if v is not None])
+    config = tiny_config(tok, emb, mode=mode, family=family, **sizes)
+    options = {**sizes, "smooth_positions": smooth_positions}
+    set_options = [f"{k}={v}" for k, v in options.items() if v not in (None, False)]
+    label = ", ".join([f"seed={seed}", *set_options])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config)

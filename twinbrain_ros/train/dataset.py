@@ -537,16 +537,23 @@ class ChunkDataset(torch.utils.data.Dataset):
         }
 
 
+def episode_starts(episode_index: np.ndarray) -> np.ndarray:
+    """Index of the first frame of every block of equal ``episode_index`` values, in order."""
+    ep = np.asarray(episode_index).reshape(-1)
+    if ep.size == 0:
+        return np.zeros(0, np.int64)
+    return np.concatenate([[0], np.flatnonzero(np.diff(ep) != 0) + 1]).astype(np.int64)
+
+
 def _episode_ends(episode_index: np.ndarray) -> np.ndarray:
     """Per frame, the exclusive end index of its episode; episodes must be contiguous blocks."""
     ep = episode_index.astype(np.int64).reshape(-1)
     if ep.size == 0:
         return ep
-    change = np.flatnonzero(np.diff(ep) != 0) + 1  # first frame of every block after the first
-    starts = np.concatenate([[0], change])
+    starts = episode_starts(ep)
     if len(np.unique(ep[starts])) != len(starts):
         raise ValueError("episode frames are not contiguous: every episode must be one block of frames")
-    ends = np.concatenate([change, [ep.size]])
+    ends = np.concatenate([starts[1:], [ep.size]])
     return np.repeat(ends, ends - starts)
 
 
@@ -697,12 +704,9 @@ def episode_start_repeats(
     predicted from the state alone (the motion so far points at the target), which a policy learns
     first and then copies; oversampling the starts makes the image and the instruction pay off.
     """
-    episode_index = np.asarray(episode_index)
-    n = len(episode_index)
-    starts = np.r_[0, np.nonzero(np.diff(episode_index))[0] + 1] if n else np.zeros(0, np.int64)
-    first = np.zeros(n, np.int64)
-    first[starts] = starts
-    first = np.maximum.accumulate(first) if n else first
+    n = np.asarray(episode_index).size
+    starts = episode_starts(episode_index)
+    first = np.repeat(starts, np.diff(np.r_[starts, n]))  # (N,) first frame of each frame's episode
     t = (np.arange(n) - first) / float(fps)
     out = np.ones(n, np.int64)
     out[t < seconds] = int(repeats)

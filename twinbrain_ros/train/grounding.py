@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -82,19 +82,16 @@ def evaluate_grounding(
     """Run the check (see the module docstring); returns the report dict."""
     from twinbrain_ros.core.types import Observation
     from twinbrain_ros.policy import Policy
-    from twinbrain_ros.train.dataset import ChunkDataset, load_sources
+    from twinbrain_ros.train.dataset import ChunkDataset, episode_starts, load_sources
 
     policy = Policy.load(model, num_threads=num_threads)
     emb = policy.embodiment
     source = load_sources([dataset])
     horizon, step_dt = emb.action.horizon, emb.action.step_dt
     ds = ChunkDataset(source, horizon, step_dt=step_dt, cameras=list(emb.camera_names))
-    ep = np.asarray(source.episode_index)
-    starts = np.r_[0, np.nonzero(np.diff(ep))[0] + 1][: max(1, int(episodes))]
+    starts = episode_starts(source.episode_index)[: max(1, int(episodes))]
     later_off = int(round(later_s * float(source.fps)))
     zero = np.zeros((horizon, len(emb.joint_names)), np.float32)
-    tasks = list(ds.tasks)
-
     sizes = {c.name: (c.height, c.width) for c in emb.cameras}
 
     def as_camera(name: str, img: np.ndarray) -> np.ndarray:
@@ -106,33 +103,36 @@ def evaluate_grounding(
         h, w = sizes[name]
         return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
 
-    def predict(i: int, instruction: str | None = None) -> np.ndarray:
+    def observe(i: int) -> tuple[Observation, np.ndarray]:
+        """Frame ``i`` as the policy's observation, and its recorded last chunk step."""
         s = ds[i]
         images = {c: as_camera(c, im) for c, im in s["images"].items()}
         obs = Observation(images=images, state=s["state"], joint_names=tuple(emb.joint_names),
-                          instruction=instruction or s["instruction"], stamp=0.0)  # fmt: skip
+                          instruction=s["instruction"], stamp=0.0)  # fmt: skip
+        return obs, s["actions"][-1]
+
+    def predict(obs: Observation) -> np.ndarray:
         return policy.infer(obs, noise=zero).positions[-1]
 
-    rows: dict[str, list] = {k: [] for k in ("s_pred", "s_true", "s_state", "l_pred", "l_true", "l_state")}
-    effects = []
+    def score(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> PhaseScore:
+        if not rows:
+            return PhaseScore(float("nan"), float("nan"), float("nan"), 0)
+        return phase_score(*(np.asarray(col, dtype=np.float64) for col in zip(*rows, strict=True)))
+
+    start_rows, later_rows, effects = [], [], []
     for i in map(int, starts):
-        s = ds[i]
-        rows["s_pred"].append(predict(i))
-        rows["s_true"].append(s["actions"][-1])
-        rows["s_state"].append(s["state"])
-        others = [t for t in tasks if t != s["instruction"]]
+        obs, true = observe(i)
+        pred = predict(obs)
+        start_rows.append((pred, true, obs.state))
+        others = [t for t in ds.tasks if t != obs.instruction]
         if others:
-            effects.append(max(float(np.abs(predict(i, t) - rows["s_pred"][-1]).max()) for t in others))
+            swapped = (predict(replace(obs, instruction=t)) for t in others)
+            effects.append(max(float(np.abs(p - pred).max()) for p in swapped))
         j = i + later_off
         if j < int(ds.episode_end[i]):
-            t = ds[j]
-            rows["l_pred"].append(predict(j))
-            rows["l_true"].append(t["actions"][-1])
-            rows["l_state"].append(t["state"])
-    arr = {k: np.asarray(v, dtype=np.float64).reshape(len(v), -1) for k, v in rows.items()}
-    start = phase_score(arr["s_pred"], arr["s_true"], arr["s_state"])
-    later = (phase_score(arr["l_pred"], arr["l_true"], arr["l_state"]) if len(arr["l_pred"])
-             else PhaseScore(float("nan"), float("nan"), float("nan"), 0))  # fmt: skip
+            obs, true = observe(j)
+            later_rows.append((predict(obs), true, obs.state))
+    start, later = score(start_rows), score(later_rows)
     effect = float(np.mean(effects)) if effects else None
     return {
         "model": str(model), "dataset": str(dataset), "episodes": int(len(starts)), "later_s": float(later_s),
