@@ -52,6 +52,17 @@ def episode_plan(
     return [(seed + i, tasks[i % n]) for i in range(episodes)]
 
 
+def _wait_for_command(node, received: list, timeout: float) -> None:
+    """Spin until the expert's command stream has delivered a message (cleared by the caller)."""
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while not received and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.02)
+    if not received:
+        raise RuntimeError(f"the expert sent no command within {timeout} s of the reset")
+
+
 def _call(node, client, request, timeout: float = 15.0):
     import rclpy
 
@@ -84,6 +95,8 @@ def record_sim(
     from std_srvs.srv import SetBool, Trigger
 
     from twinbrain_ros.bringup import load_profile, plan, run_background, stop_all
+    from twinbrain_ros.core.embodiment import load_embodiment
+    from twinbrain_ros.ros.joint_commands import subscribe_joint_commands
     from twinbrain_ros.srv import GetTaskStatus, ResetEpisode, StartEpisode
 
     base = load_profile("record_sim")
@@ -102,12 +115,26 @@ def record_sim(
     start = node.create_client(StartEpisode, "/recorder_node/start")
     stop = node.create_client(Trigger, "/recorder_node/stop")
     mark = node.create_client(SetBool, "/recorder_node/mark_success")
+    # The recorder starts only once the expert's commands flow: right after start-up, discovery can
+    # leave the first episode's action stream a second late, and the converter rightly rejects that.
+    expert = data["expert_node"]["ros__parameters"]
+    commands: list = []
+    subscribe_joint_commands(
+        node,
+        expert.get("command_interface", "joint_trajectory"),
+        "/" + str(expert.get("command_topic", "teleop/joint_command")).lstrip("/"),
+        load_embodiment(expert["embodiment"]).joint_names,
+        on_command=lambda _q: commands.append(True),
+        on_reject=lambda _why: commands.append(True),  # flowing, if malformed: the recorder reports it
+    )
     results = []
     try:
         for i, (ep_seed, task) in enumerate(episode_plan(episodes, tasks, seed, each_task)):
             r = _call(node, reset, ResetEpisode.Request(seed=ep_seed, task=task))
             if not r.success:
                 raise RuntimeError(f"reset failed: {r.message}")
+            commands.clear()
+            _wait_for_command(node, commands, timeout=15.0)
             s = _call(node, start, StartEpisode.Request(instruction=r.instruction, task=task))
             if not s.success:
                 raise RuntimeError(f"recorder did not start: {s.message}")
