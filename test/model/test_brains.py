@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from twinbrain_ros.model import modeling as M
-from twinbrain_ros.model.brains import TwinBrains, causal_self_mask, joint_mask
+from twinbrain_ros.model.brains import (
+    LinearPatchEmbed,
+    TwinBrains,
+    causal_self_mask,
+    conv_patch_embedding,
+    joint_mask,
+)
 from twinbrain_ros.model.reference_impl import reference_forward
 
 ATOL = 1e-5  # fp32 fast path vs explicit reference
@@ -119,17 +125,21 @@ def test_left_brain_equals_stock_qwen3_vl_with_deepstack(tokenizer, helpers, att
     stock = _stock(cfg, brains.left.model.state_dict())
     out = _stock_forward(stock, batch, use_cache=True)
     left_args, _ = brains_args(batch)
-    mine = brains.run_left(*left_args, output_hidden=True)
+    with conv_patch_embedding(brains):  # the stock patch kernel: the rest must then be bit-identical
+        mine = brains.run_left(*left_args, output_hidden=True)
+        fast_left = brains.run_left(*left_args)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
     # Same kernels, same weights, fp32 CPU: bit-identical, not merely close.
     assert torch.equal(mine.hidden[valid], out.last_hidden_state[valid])
+    # The default patch embedding (one matmul instead of the Conv3d) differs only in rounding.
+    matmul = brains.run_left(*left_args, output_hidden=True)
+    torch.testing.assert_close(matmul.hidden[valid], out.last_hidden_state[valid], atol=ATOL, rtol=ATOL)
     # The exported K/V are exactly what the stock model's KV cache holds (post k_norm + RoPE).
     for layer in range(cfg.num_layers):
         k_ref, v_ref = _cache_kv(out.past_key_values, layer)  # (B, n_kv, L, hd) each
         assert torch.equal(mine.keys[layer].transpose(1, 2)[valid], k_ref.transpose(1, 2)[valid])
         assert torch.equal(mine.values[layer].transpose(1, 2)[valid], v_ref.transpose(1, 2)[valid])
     # The K/V-only fast path (no attention/MLP in the last layer) exports the same K/V.
-    fast_left = brains.run_left(*left_args)
     for layer in range(cfg.num_layers):
         assert torch.equal(fast_left.keys[layer], mine.keys[layer])
         assert torch.equal(fast_left.values[layer], mine.values[layer])
@@ -143,7 +153,8 @@ def test_left_brain_reference_mode_equals_stock_with_deepstack_dropped(tokenizer
     # A stock model *with* DeepStack mergers (as in the pretrained checkpoint); ours has none.
     stock = _stock(cfg, brains.left.model.state_dict(), strict=False)
     left_args, _ = brains_args(batch)
-    mine = brains.run_left(*left_args, output_hidden=True)
+    with conv_patch_embedding(brains):
+        mine = brains.run_left(*left_args, output_hidden=True)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
     with_deepstack = _stock_forward(stock, batch).last_hidden_state
 
@@ -168,12 +179,37 @@ def test_qwen2_5_vl_variant_builds_and_runs(setups):
     stock = _stock(cfg, brains.left.model.state_dict())
     out = _stock_forward(stock, batch)
     left_args, right_args = brains_args(batch)
-    mine = brains.run_left(*left_args, output_hidden=True)
+    with conv_patch_embedding(brains):
+        mine = brains.run_left(*left_args, output_hidden=True)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
     assert torch.equal(mine.hidden[valid], out.last_hidden_state[valid])
     queries = brains.run_right(*right_args, brains.run_left(*left_args), state_token=state_token(cfg, 2))
     assert queries.shape == (2, cfg.num_action_queries, cfg.hidden_size)
     assert torch.isfinite(queries).all()
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_linear_patch_embedding_equals_the_stock_conv3d(setups, family):
+    cfg, brains, batch = setups(family, "native")
+    embed = brains.right.model.visual.patch_embed
+    assert isinstance(embed, LinearPatchEmbed)
+    assert (embed.proj.bias is not None) == (family == "qwen3_vl")  # Qwen2.5-VL's has no bias
+    assert "visual.patch_embed.proj.weight" in brains.right.model.state_dict()  # checkpoint keys unchanged
+    pixels = batch[M.PIXEL_VALUES]
+    stock = embed.proj(pixels.view(-1, embed.in_channels, *embed.kernel)).view(-1, embed.embed_dim)
+    torch.testing.assert_close(embed(pixels), stock, atol=ATOL, rtol=ATOL)
+    with conv_patch_embedding(brains):
+        assert torch.equal(embed(pixels), stock)
+    assert not embed.use_conv  # restored on exit
+    # The matrix really is the kernel: a changed weight entry changes exactly one output column.
+    before = embed(pixels)
+    with torch.no_grad():
+        embed.proj.weight[3, 0, 0, 0, 0] += 1.0
+        try:
+            changed = row_change(embed(pixels).T, before.T)
+        finally:
+            embed.proj.weight[3, 0, 0, 0, 0] -= 1.0
+    assert changed[3] > DIFF and torch.all(torch.cat([changed[:3], changed[4:]]) < SAME)
 
 
 # --------------------------------------------------------------------------------------------------

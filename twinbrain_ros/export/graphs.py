@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from twinbrain_ros.export.host import HostSpec, Profile
@@ -125,9 +124,8 @@ class VisionGraph(nn.Module):
         """Encode the views; see the module docstring for shapes."""
         visual = self.visual
         n, s = self.num_images, self.patches
-        proj = visual.patch_embed.proj  # Conv3d with kernel == stride: a linear map of the flat patch
-        dtype = proj.weight.dtype
-        x = F.linear(pixel_values.to(dtype), proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)
+        dtype = visual.patch_embed.proj.weight.dtype
+        x = visual.patch_embed(pixel_values)  # brains.LinearPatchEmbed: one MatMul, no Conv3d
         pos = (visual.pos_embed(pos_index) * pos_weight[..., None].to(dtype)).sum(1)  # (S, 4, C) -> (S, C)
         x = x.reshape(n, s, -1) + pos  # (N*S, C) -> (N, S, C)
         cos, sin = rot_cos.float(), rot_sin.float()  # (S, hd_v); rotary in float32, as HF

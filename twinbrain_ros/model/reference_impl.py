@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twinbrain_ros.model.brains import TwinBrains
+from twinbrain_ros.model.brains import TwinBrains, conv_patch_embedding
 
 
 @dataclass
@@ -72,8 +72,12 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def vision(brain_model: nn.Module, pixel_values: torch.Tensor, grid: torch.Tensor):
-    """The stock vision tower: (N_img_tokens, H) features and the DeepStack list."""
-    out = brain_model.visual(pixel_values, grid_thw=grid)
+    """The stock vision tower: (N_img_tokens, H) features and the DeepStack list.
+
+    The patch embedding runs as the stock ``Conv3d`` (the fast path uses the equal matrix product).
+    """
+    with conv_patch_embedding(brain_model.visual):
+        out = brain_model.visual(pixel_values, grid_thw=grid)
     if hasattr(out, "pooler_output"):
         return out.pooler_output, list(getattr(out, "deepstack_features", None) or [])
     if isinstance(out, tuple):
