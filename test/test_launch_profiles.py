@@ -10,6 +10,7 @@ twinbrain_ros.bringup.plan() for every shipped profile.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 from pathlib import Path
@@ -121,9 +122,13 @@ def test_profiles_exist_and_name_known_nodes():
 
 def test_every_node_in_profiles_is_installed_by_cmake():
     cmake = (ROOT / "CMakeLists.txt").read_text()
+    # The node executables are installed by one foreach over their names (shebang rewritten).
+    loop = re.search(r"foreach\(node ([^)]*)\)\s*twinbrain_install_script\(\$\{node\} lib/", cmake)
+    assert loop, "CMakeLists.txt no longer installs the nodes with foreach(node ...)"
+    installed = set(loop.group(1).split())
     for name in PROFILES:
         for node in load_profile(name).nodes:
-            assert f"scripts/{node}" in cmake, f"{node} is not installed under lib/twinbrain_ros"
+            assert node in installed, f"{node} is not installed under lib/twinbrain_ros"
             assert (ROOT / "scripts" / node).exists()
 
 
