@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 
 PREFIX = Path(sys.prefix)
-NODES = ("policy_node", "controller_node", "kinematic_robot_node", "sim_node", "expert_node", "recorder_node")
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+NODES = sorted(p.name for p in SCRIPTS.iterdir() if p.name != "twinbrain")  # the CLI goes to bin/
 
 
 def _installed(path: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is not installed (the package was not built into this environment)")
     return path
+
+
+def _assert_names_this_interpreter(script: Path) -> None:
+    first = script.read_text().splitlines()[0]
+    assert first.startswith("#!") and Path(first[2:]).resolve() == Path(sys.executable).resolve(), first
 
 
 def _bare_env() -> dict[str, str]:
@@ -29,8 +35,7 @@ def _bare_env() -> dict[str, str]:
 
 def test_twinbrain_cli_runs_without_activating_the_environment(tmp_path):
     cli = _installed(PREFIX / "bin" / "twinbrain")
-    first = cli.read_text().splitlines()[0]
-    assert first.startswith("#!") and Path(first[2:]).resolve() == Path(sys.executable).resolve(), first
+    _assert_names_this_interpreter(cli)
     # make-tiny --help imports torch through the CLI: it fails under any interpreter but this one.
     out = subprocess.run([str(cli), "make-tiny", "--help"], cwd=tmp_path, env=_bare_env(),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -41,6 +46,5 @@ def test_twinbrain_cli_runs_without_activating_the_environment(tmp_path):
 @pytest.mark.parametrize("node", NODES)
 def test_node_executables_name_this_interpreter(node):
     script = _installed(PREFIX / "lib" / "twinbrain_ros" / node)
-    first = script.read_text().splitlines()[0]
-    assert first.startswith("#!") and Path(first[2:]).resolve() == Path(sys.executable).resolve(), first
+    _assert_names_this_interpreter(script)
     assert os.access(script, os.X_OK)

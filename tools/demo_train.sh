@@ -40,11 +40,12 @@ $PY -m twinbrain_ros.cli make-tiny --out "$OUT/init" --embodiment so101_sim --ex
   --expert-layers 4 --diffusion-repeats 4 --smooth-positions --seed 0 --overwrite
 COMMON=(--dataset "$OUT/dataset" --batch-size 16 --lr-brain 1e-3 --lr-expert 1e-3 --warmup-steps 100
   --image-size 128 --start-repeats 8 --threads 2 --save-every 1000 --resume auto)
+ckpt() { printf '%s/checkpoints/step-%08d' "$1" "$2"; }
 $PY -m twinbrain_ros.cli train --init "$OUT/init" --output-dir "$OUT/run1" --steps "$STEPS" --seed 0 \
   --keep-last 1 "${COMMON[@]}"
-$PY -m twinbrain_ros.cli train --init "$OUT/run1/checkpoints/step-$(printf '%08d' "$STEPS")" \
-  --output-dir "$OUT/run2" --steps "$STEPS2" --seed 1 --keep-last 0 "${COMMON[@]}"
-CKPT="$OUT/run2/checkpoints/step-$(printf '%08d' "$PICK")"
+$PY -m twinbrain_ros.cli train --init "$(ckpt "$OUT/run1" "$STEPS")" --output-dir "$OUT/run2" \
+  --steps "$STEPS2" --seed 1 --keep-last 0 "${COMMON[@]}"
+CKPT=$(ckpt "$OUT/run2" "$PICK")
 rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
 for f in config.json model.safetensors norm_stats.json processor.json embodiment.yaml trainer_state.json tokenizer; do
   cp -r "$CKPT/$f" "$DEST.tmp/"
