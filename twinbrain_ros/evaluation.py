@@ -60,6 +60,12 @@ class EpisodeResult:
     final_distance_m: float
     episode_s: float
     chunks: int = 0
+    # In-process mode only (the sim node's status service reports the named object alone): the object
+    # the tool point came closest to during the episode, and how close. A touch episode that fails
+    # with ``nearest_object`` != the named object went for the wrong object (grounding), not a miss.
+    target_object: str | None = None
+    nearest_object: str | None = None
+    nearest_distance_m: float | None = None
 
 
 @dataclass
@@ -124,6 +130,7 @@ def summarize(results: list[EpisodeResult], tel: Telemetry, mode: str) -> dict[s
         }
     swap, pairs = language_swap(results)
     touch = [r for r in results if r.task.startswith("touch")]
+    tracked = [r for r in results if r.nearest_object is not None and r.target_object is not None]
     return {
         "mode": mode,
         "episodes": len(results),
@@ -131,6 +138,9 @@ def summarize(results: list[EpisodeResult], tel: Telemetry, mode: str) -> dict[s
         "touch_success_rate": (sum(r.success for r in touch) / len(touch)) if touch else None,
         "language_swap_accuracy": swap,
         "language_swap_pairs": pairs,
+        # share of episodes whose tool point came closest to an object other than the named one
+        "wrong_object_rate": (sum(r.nearest_object != r.target_object for r in tracked) / len(tracked))
+        if tracked else None,
         "per_task": per_task,
         "infer_ms": {"p50": _pct(tel.infer_ms, 50), "p95": _pct(tel.infer_ms, 95),
                      "p99": _pct(tel.infer_ms, 99), "n": len(tel.infer_ms)},  # fmt: skip
@@ -163,6 +173,9 @@ def format_table(results: list[EpisodeResult], summary: dict[str, Any]) -> str:
     swap = summary["language_swap_accuracy"]
     if swap is not None:
         lines.append(f"language swap: {swap * 100:.1f}% of {summary['language_swap_pairs']} seed pairs")
+    wrong = summary.get("wrong_object_rate")
+    if wrong is not None:
+        lines.append(f"went closest to an object other than the named one: {wrong * 100:.1f}% of episodes")
     inf = summary["infer_ms"]
     lines.append(
         f"inference ms: p50 {inf['p50']:.1f}  p95 {inf['p95']:.1f}  p99 {inf['p99']:.1f}  (n={inf['n']})"
@@ -279,6 +292,7 @@ def run_in_process(
             prev_chunk = None
             n_chunks = 0
             success_at = None
+            nearest = dict.fromkeys(env.suite.object_names, np.inf)
             while t < limit:
                 if t >= next_frame - 1e-9:
                     frame = env.render(cam.name, cam.width, cam.height)
@@ -313,6 +327,9 @@ def run_in_process(
                             tel.js_t.append(t)
                             tel.js_q.append(env.joint_positions().tolist())
                     next_control += control_dt
+                    tcp = env.tcp_position()
+                    for name, pose in env.object_poses().items():
+                        nearest[name] = min(nearest[name], float(np.linalg.norm(tcp - pose.pos)))
                 env.step()
                 t = env.episode_time
                 if success_at is None and env.first_success_time is not None:
@@ -320,8 +337,10 @@ def run_in_process(
                 if success_at is not None and t >= success_at + settle_s:
                     break
             st = env.task_status()
+            near = min(nearest, key=nearest.get)
             results.append(EpisodeResult(task, int(seed), info.instruction, success_at is not None,
-                                         success_at, st.distance, t, n_chunks))  # fmt: skip
+                                         success_at, st.distance, t, n_chunks, env.task.object,
+                                         near, nearest[near]))  # fmt: skip
             bar(f"{task} seed {seed}: {'ok' if success_at is not None else 'FAIL'}")
     finally:
         env.close()
