@@ -2,7 +2,7 @@
 #
 #   make demo    set up (if needed); the bundled TwinBrain checkpoint drives the MuJoCo SO-101 over
 #                ROS 2 (sim + policy + controller nodes) inside a loopback-only netns; one-line summary
-#   make demo-train  rebuild that checkpoint: record expert demos over ROS, convert, train (CPU, ~1.5 h)
+#   make demo-train  rebuild that checkpoint: record expert demos over ROS, convert, train (CPU, ~2.5 h)
 #   make test    set up (if needed) and run every test, ROS tests isolated the same way
 #   make setup   build .venv: ROS 2 Kilted wheels, torch CPU, pinned deps, generated messages
 #   make lint    ruff
