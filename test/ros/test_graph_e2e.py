@@ -94,11 +94,15 @@ def test_camera_and_state_to_policy_to_controller_to_commands(tmp_path, ros_doma
     rate = (len(t) - 1) / (t[-1] - t[0])
     assert rate > 120.0, f"command rate {rate:.1f} Hz"
     # No jump: a cycle never moves a joint more than the controller's per-step clamp (0.05 rad by
-    # default), and typical cycles stay within the velocity limit over one 5 ms period.
+    # default), and typical cycles stay within the velocity limit. The controller limits velocity
+    # over the time that really passed, so a cycle that ran late (the 2 cores are busy) may move
+    # further: divide by the time since the previous command arrived, at least one 5 ms period (when
+    # the subscriber receives a burst, the gaps between arrivals say nothing about the controller).
     steps = np.abs(np.diff(q, axis=0))
     assert steps.max() <= 0.05 + 1e-9, f"command jumped by {steps.max():.4f} rad in one cycle"
-    per_cycle_limit = emb.limits.max_velocity / 200.0 * 1.05
-    assert np.all(np.percentile(steps, 99, axis=0) <= per_cycle_limit), np.percentile(steps, 99, axis=0)
+    dt = np.maximum(np.diff(t), 1.0 / 200.0)[:, None]
+    speed = np.percentile(steps / dt, 99, axis=0)
+    assert np.all(speed <= emb.limits.max_velocity * 1.05), (speed, emb.limits.max_velocity)
     assert np.all(q >= emb.limits.lower - 1e-9) and np.all(q <= emb.limits.upper + 1e-9)
     if policy["policy"] == "scripted_sine":
         # A fast policy must re-plan before the controller's policy timeout: it keeps tracking,

@@ -130,7 +130,11 @@ def test_sim_node_topics_commands_reset_and_status(start_node, probe):
     assert np.all(np.diff(clock) > 0) and clock[-1] < 1000.0
     js = probe.js[-1]
     assert tuple(js.name) == emb.joint_names and len(js.position) == 6
-    assert 0.0 < time_to_sec(js.header.stamp) <= time_to_sec(probe.clock[-1].clock) + 1e-6
+    # /clock and joint_states are separate topics: the clock tick for this stamp may arrive just after
+    # the joint state, so wait for it rather than assume an order (wall-time stamps would never match)
+    stamp = time_to_sec(js.header.stamp)
+    assert stamp > 0.0
+    assert wait_for(lambda: time_to_sec(probe.clock[-1].clock) >= stamp - 1e-6, 5.0), (stamp, clock[-1])
     img = probe.images[-1]
     assert (img.width, img.height, img.encoding) == (224, 224, "rgb8") and len(img.data) == 224 * 224 * 3
     assert 0.0 < time_to_sec(img.header.stamp) < 1000.0 and img.header.frame_id == "front"
