@@ -260,3 +260,66 @@ def test_state_dropout_blanks_a_seeded_share_of_states(tiny_init, source, tmp_pa
     assert not torch.equal(trainer._drop_state({M.STATE: state.clone()})[M.STATE], out)
     plain = build_trainer(config(tmp_path / "p", tiny_init), source)
     assert torch.equal(plain._drop_state({M.STATE: state.clone()})[M.STATE], state)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight average (EMA)
+# --------------------------------------------------------------------------------------------------
+def test_weight_average_follows_the_formula_with_its_warm_up():
+    from twinbrain_ros.train.trainer import WeightAverage
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([("w", param)], decay=0.9)
+    expected = torch.zeros(3, dtype=torch.float64)
+    for n, value in enumerate([1.0, 2.0, -4.0, 8.0, 8.0]):
+        with torch.no_grad():
+            param.fill_(value)
+        d = min(0.9, (1 + n) / (10 + n))
+        assert avg.current_decay() == pytest.approx(d)
+        avg.update()
+        expected = d * expected + (1 - d) * value
+        assert torch.allclose(avg.average["w"].double(), expected, atol=1e-6)
+    assert avg.updates == 5
+    out = avg.averaged_state({"w": param.detach(), "other": torch.ones(2)})
+    assert torch.equal(out["other"], torch.ones(2)) and torch.allclose(out["w"].double(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(output_dir="x", ema_decay=1.0)
+
+
+def test_ema_checkpoint_holds_the_average_and_resume_continues_it(tiny_init, source, tmp_path):
+    from twinbrain_ros.model.checkpoint import load_checkpoint
+    from twinbrain_ros.train.trainer import ONLINE_FILE
+
+    n, k = 4, 2
+    straight = build_trainer(config(tmp_path / "a", tiny_init, max_steps=n, ema_decay=0.5), source)
+    s_all = straight.train()
+    ckpt = s_all.checkpoint
+    saved, online = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / ONLINE_FILE))
+    live = {k: v.detach() for k, v in straight.model.named_parameters() if v.requires_grad}
+    assert online.keys() == live.keys() and all(torch.equal(online[key], live[key]) for key in live)
+    assert all(torch.equal(saved[key], straight.ema.average[key]) for key in live)
+    assert any(not torch.equal(saved[key], online[key]) for key in live)  # the average lags the weights
+    init = load_file(str(tiny_init / "model.safetensors"))
+    left = [key for key in saved if key.startswith("brains.left.")]
+    assert left and all(torch.equal(saved[key], init[key]) for key in left)  # not averaged, not trained
+    state = json.loads((ckpt / TRAINER_STATE_FILE).read_text())
+    assert state["ema"]["updates"] == n and state["left_brain_identical"]
+    assert load_checkpoint(ckpt).model is not None  # a policy loads the averaged weights as usual
+
+    first = build_trainer(config(tmp_path / "b", tiny_init, max_steps=n, ema_decay=0.5), source)
+    s_first = first.train(until=k)
+    resumed = build_trainer(config(tmp_path / "b", tiny_init, max_steps=n, ema_decay=0.5), source,
+                            resume=s_first.checkpoint)  # fmt: skip
+    assert resumed.ema.updates == k
+    s_rest = resumed.train()
+    assert s_first.losses + s_rest.losses == s_all.losses
+    for name in ("model.safetensors", ONLINE_FILE, OPTIMIZER_FILE):
+        ta, tb = load_file(str(ckpt / name)), load_file(str(s_rest.checkpoint / name))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[key], tb[key]) for key in ta), name
+
+    (s_first.checkpoint / ONLINE_FILE).unlink()
+    with pytest.raises(ValueError, match=ONLINE_FILE):
+        build_trainer(config(tmp_path / "b", tiny_init, max_steps=n, ema_decay=0.5), source,
+                      resume=s_first.checkpoint)  # fmt: skip
+    with pytest.raises(ValueError, match="ema_decay: 0.5 vs 0.0"):
+        build_trainer(config(tmp_path / "b", tiny_init, max_steps=n), source, resume=s_first.checkpoint)

@@ -37,7 +37,7 @@ _FIELDS = {
     "state_mode": "state_mode", "binary_gripper": "binary_gripper", "binary_threshold": "binary_threshold",
     "norm_stats": "norm_stats", "image_size": "image_size",
     "find_unused_parameters": "find_unused_parameters", "state_dropout": "state_dropout",
-    "start_repeats": "start_repeats", "start_seconds": "start_seconds",
+    "start_repeats": "start_repeats", "start_seconds": "start_seconds", "ema_decay": "ema_decay",
 }  # fmt: skip
 
 
@@ -90,6 +90,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "the images and the instruction (default 1 = uniform)")  # fmt: skip
     g.add_argument("--start-seconds", type=float, default=None,
                    help="length of the oversampled episode start, s (default 0.5)")  # fmt: skip
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="save an exponential moving average of the trainable weights with this decay as "
+                        "the checkpoint's model, e.g. 0.999 (default 0 = off; the live weights are kept "
+                        "beside it for resuming)")  # fmt: skip
 
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=None,

@@ -69,6 +69,7 @@ from twinbrain_ros.train.dataset import (
 TRAINER_STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_rank{rank}.safetensors"
+ONLINE_FILE = "online_weights.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 METRICS_FILE = "metrics.jsonl"
@@ -139,6 +140,14 @@ class TrainConfig:
             so small views are not upscaled). None keeps the checkpoint's processing.
         find_unused_parameters: DDP's ``find_unused_parameters`` (needed only if some trainable
             parameter gets no gradient).
+        state_dropout: share of samples whose normalised state is blanked (see ``Trainer._drop_state``).
+        start_repeats: sample the first ``start_seconds`` of every episode this many times as often.
+        start_seconds: length of the oversampled episode start.
+        ema_decay: keep an exponential moving average of the trainable weights with this decay
+            (0 disables). With it, a checkpoint's ``model.safetensors`` holds the averaged weights
+            (what a policy loads) and ``online_weights.safetensors`` the optimiser's own (what a
+            resume continues from). The effective decay warms up as ``min(ema_decay,
+            (1 + n) / (10 + n))`` after ``n`` updates, so early averages do not remember the init.
     """
 
     output_dir: str
@@ -174,6 +183,7 @@ class TrainConfig:
     state_dropout: float = 0.0
     start_repeats: int = 1
     start_seconds: float = 0.5
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate; raises ValueError listing every bad value."""
@@ -218,6 +228,8 @@ class TrainConfig:
             problems.append(f"start_repeats must be an int >= 1, got {self.start_repeats!r}")
         if not isinstance(self.start_seconds, int | float) or not 0.0 < self.start_seconds < math.inf:
             problems.append(f"start_seconds must be a finite number > 0, got {self.start_seconds!r}")
+        if not isinstance(self.ema_decay, int | float) or not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 28):
             problems.append(f"image_size must be an int >= 28 or None, got {self.image_size!r}")
         if not self.output_dir:
@@ -246,6 +258,45 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         keys = [k for k in sorted(a) if k not in RESUME_OVERRIDABLE and a[k] != b[k]]
         return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in keys]
+
+
+# --------------------------------------------------------------------------------------------------
+# Exponential moving average of the trainable weights
+# --------------------------------------------------------------------------------------------------
+class WeightAverage:
+    """An exponential moving average of named parameters, kept in fp32 beside the optimiser.
+
+    ``update()`` after every optimiser step does ``avg += (1 - d) * (param - avg)`` with
+    ``d = min(decay, (1 + n) / (10 + n))`` for the ``n``-th update (0-based). The warm-up keeps the
+    average of a short run close to its weights instead of to the initialisation.
+    """
+
+    def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]], decay: float) -> None:
+        self.decay = float(decay)
+        self.params = dict(named_params)
+        self.average = {k: p.detach().float().clone() for k, p in self.params.items()}
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        """The decay the next ``update()`` uses."""
+        n = self.updates
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the parameters' current values."""
+        d = self.current_decay()
+        for key, param in self.params.items():
+            self.average[key].lerp_(param.detach().float(), 1.0 - d)
+        self.updates += 1
+
+    def averaged_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` with the averaged parameters in place of the live ones (same dtypes)."""
+        out = dict(state)
+        for key, avg in self.average.items():
+            out[key] = avg.to(dtype=state[key].dtype, device=state[key].device)
+        return out
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -786,6 +837,10 @@ class Trainer:
         )  # fmt: skip
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.model, self.prepared_optimizer = rt.prepare(model, self.optimizer, config.batch_size)
+        self.ema: WeightAverage | None = None
+        if config.ema_decay > 0.0:
+            named = [(k, p) for k, p in rt.unwrap(self.model).named_parameters() if p.requires_grad]
+            self.ema = WeightAverage(named, config.ema_decay)
         self.loss_generator = torch.Generator(device=rt.device)
         self.loss_generator.manual_seed(config.seed * 1_000_003 + 17 * rt.process_index + 1)
         self.step = 0
@@ -882,6 +937,8 @@ class Trainer:
                             grad_norm = rt.clip_grad_norm_(self.trainable, cfg.grad_clip or math.inf)
                             self.prepared_optimizer.step()
                             self.prepared_optimizer.zero_grad(set_to_none=True)
+                            if self.ema is not None:
+                                self.ema.update()
                 self.schedule.step()
                 self.step += 1
                 steps_since_log += 1
@@ -982,6 +1039,10 @@ class Trainer:
         rt.wait()
         state = rt.state_dict(self.model)
         left_now = self.check_left_brain(state)  # every process checks, so all fail together
+        online = None
+        if self.ema is not None:  # the checkpoint's model is the average; the live weights go beside it
+            online = {k: state[k].detach().to("cpu").contiguous() for k in self.ema.average}
+            state = self.ema.averaged_state(state)
         name = f"step-{self.step:08d}"
         final = self.checkpoint_root / name
         staging = self.checkpoint_root / f".{name}.partial"
@@ -1009,6 +1070,8 @@ class Trainer:
                 processor_config=self.parts.processor_config, name=self.parts.name or name,
                 metadata=meta, overwrite=True,
             )  # fmt: skip
+            if online is not None:
+                save_file(online, str(staging / ONLINE_FILE), metadata={"format": "pt"})
             opt_saved = not rt.is_deepspeed
             opt_meta: dict[str, Any] = {}
             if opt_saved:
@@ -1047,6 +1110,10 @@ class Trainer:
                     **opt_meta,
                 },
                 "rng_files": [RNG_FILE.format(rank=r) for r in range(rt.num_processes)],
+                "ema": None if self.ema is None else {
+                    "decay": self.ema.decay, "updates": self.ema.updates, "online_file": ONLINE_FILE,
+                    "model_file_holds": "the averaged weights",
+                },
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "versions": _versions(),
             }
@@ -1123,6 +1190,8 @@ class Trainer:
         else:
             self.optimizer_state_restored = False
             print(f"[train] WARNING: {path} has no optimiser state; AdamW moments restart", file=sys.stderr)
+        if self.ema is not None:
+            self._resume_average(path, state)
         self.schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
         self.micro_step = int(state["micro_step"])
@@ -1135,6 +1204,27 @@ class Trainer:
                 torch.cuda.set_rng_state(rng["cuda"], self.runtime.device)
         else:
             print(f"[train] WARNING: no {rng_path.name}; RNG streams restart from the seed", file=sys.stderr)
+
+
+    def _resume_average(self, path: Path, state: Mapping[str, Any]) -> None:
+        """The loaded weights are the checkpoint's average: keep them as such, restore the live ones."""
+        from safetensors.torch import load_file
+
+        info = state.get("ema")
+        online_path = path / ONLINE_FILE
+        if not info or not online_path.is_file():
+            raise ValueError(
+                f"{path}: the run keeps a weight average but the checkpoint has no {ONLINE_FILE}"
+            )
+        online = load_file(str(online_path))
+        missing = sorted(set(self.ema.params) - set(online))
+        if missing:
+            raise ValueError(f"{online_path} lacks trainable parameters: {missing[:5]}")
+        with torch.no_grad():
+            for key, param in self.ema.params.items():
+                self.ema.average[key] = param.detach().float().clone()
+                param.copy_(online[key].to(dtype=param.dtype, device=param.device))
+        self.ema.updates = int(info["updates"])
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
