@@ -439,12 +439,19 @@ def test_scheduled_chunk_arrives_before_previous_runs_out(start_node, make_io, s
             f"chunk {new.chunk_id} arrived {recv - prev_end:.3f} s after chunk {prev.chunk_id} ran out"
         )
         assert new.inference_ms >= latency * 1e3
-    # Not simply back-to-back: starts follow the deadline (chunk end - p95 - margin), which for a
-    # 0.75 s chunk is ~0.35 s after the previous observation, not ~0.25 s (the latency).
+    # Starts follow the deadline (chunk end - p95 - margin), never earlier than the previous call
+    # allows (back to back = the latency): for a 0.75 s chunk and p95 = 0.25 s that is ~0.35 s after
+    # the previous observation, not ~0.25 s. The node's own p95 grows on a loaded machine (CI saw
+    # 0.27 s spacing), so the expected spacing is computed from the p95 it reports.
     starts = np.array([time_to_sec(m.t0) for _, m in got[3:]])
-    assert 0.3 < np.median(np.diff(starts)) < 0.5, np.diff(starts)
     s = io.last_status()
     assert latency * 1e3 <= s.latency_p95_ms < latency * 1e3 + 150
+    t0, t_end = _chunk_times(got[-1][1])
+    expected = max(t_end - t0 - s.latency_p95_ms * 1e-3 - margin, latency)
+    spacing = float(np.median(np.diff(starts)))
+    assert expected - 0.05 < spacing < expected + 0.1, (spacing, expected, np.diff(starts))
+    if s.latency_p95_ms < (latency + 0.05) * 1e3:  # an unloaded run: clearly not back to back
+        assert spacing > latency + 0.05, np.diff(starts)
     assert proc.alive()
 
 
