@@ -298,7 +298,6 @@ class WeightAverage:
         return out
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Learning-rate schedule
 # --------------------------------------------------------------------------------------------------
@@ -1039,10 +1038,6 @@ class Trainer:
         rt.wait()
         state = rt.state_dict(self.model)
         left_now = self.check_left_brain(state)  # every process checks, so all fail together
-        online = None
-        if self.ema is not None:  # the checkpoint's model is the average; the live weights go beside it
-            online = {k: state[k].detach().to("cpu").contiguous() for k in self.ema.average}
-            state = self.ema.averaged_state(state)
         name = f"step-{self.step:08d}"
         final = self.checkpoint_root / name
         staging = self.checkpoint_root / f".{name}.partial"
@@ -1050,6 +1045,10 @@ class Trainer:
             self.checkpoint_root.mkdir(parents=True, exist_ok=True)
             if staging.exists():
                 shutil.rmtree(staging)
+            online = None
+            if self.ema is not None:  # the checkpoint's model is the average; the live weights go beside it
+                online = {k: state[k].detach().to("cpu").contiguous() for k in self.ema.average}
+                state = self.ema.averaged_state(state)
             cpu_state = {}
             for key, value in state.items():
                 value = value.detach().to("cpu")
@@ -1205,9 +1204,13 @@ class Trainer:
         else:
             print(f"[train] WARNING: no {rng_path.name}; RNG streams restart from the seed", file=sys.stderr)
 
-
     def _resume_average(self, path: Path, state: Mapping[str, Any]) -> None:
-        """The loaded weights are the checkpoint's average: keep them as such, restore the live ones."""
+        """Restore the live weights beside the checkpoint's average.
+
+        ``build_trainer`` loaded the checkpoint's ``model.safetensors`` (the average) into the model
+        before the ``WeightAverage`` was made, so the average already holds it; only the live weights
+        and the update count come from the files.
+        """
         from safetensors.torch import load_file
 
         info = state.get("ema")
@@ -1222,7 +1225,6 @@ class Trainer:
             raise ValueError(f"{online_path} lacks trainable parameters: {missing[:5]}")
         with torch.no_grad():
             for key, param in self.ema.params.items():
-                self.ema.average[key] = param.detach().float().clone()
                 param.copy_(online[key].to(dtype=param.dtype, device=param.device))
         self.ema.updates = int(info["updates"])
 
