@@ -18,7 +18,6 @@ deterministic scripted wiring policy (``scripted_sine``) through the same contro
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -74,6 +73,7 @@ def wiring(a) -> int:
     from twinbrain_ros.core.embodiment import load_embodiment
     from twinbrain_ros.msg import ActionChunk, ControllerStatus, PolicyStatus
     from twinbrain_ros.ros.conversions import time_to_sec
+    from twinbrain_ros.ros.spinning import SpinThread
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def wiring(a) -> int:
     node.create_subscription(ControllerStatus, "controller_node/status", cstat.append, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    spin = SpinThread(ex)
     t_wall0 = time.time()
     try:
         end = time.monotonic() + a.duration
@@ -121,7 +121,7 @@ def wiring(a) -> int:
                 break
             time.sleep(0.1)
     finally:
-        ex.shutdown()
+        spin.stop()
         node.destroy_node()
         rclpy.shutdown()
         stop_all(procs)

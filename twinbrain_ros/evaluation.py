@@ -399,6 +399,7 @@ def run_ros(
     from twinbrain_ros.msg import ActionChunk, ControllerStatus, PolicyStatus
     from twinbrain_ros.ros import qos
     from twinbrain_ros.ros.conversions import chunk_from_msg, image_from_msg, time_to_sec
+    from twinbrain_ros.ros.spinning import SpinThread
     from twinbrain_ros.srv import GetTaskStatus, ResetEpisode
 
     _checkpoint_embodiment(model_dir)  # a clear error for a directory that is not a checkpoint
@@ -489,8 +490,7 @@ def run_ros(
     ctl_reset = node.create_client(Trigger, "/controller_node/reset")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    spin = SpinThread(executor)
 
     def call(client, request, timeout: float = 20.0):
         if not client.wait_for_service(timeout_sec=timeout):
@@ -553,7 +553,7 @@ def run_ros(
         period_s = 1.0 / emb.rates.control_hz
         tel.control_hz = emb.rates.control_hz if cs is None else _control_hz(cs, period_s)
     finally:
-        executor.shutdown()
+        spin.stop()
         node.destroy_node()
         rclpy.shutdown()
         stop_all(procs)

@@ -59,6 +59,8 @@ class Probe:
         from trajectory_msgs.msg import JointTrajectory
         from twinbrain_ros.msg import ActionChunk, ControllerStatus
 
+        from twinbrain_ros.ros.spinning import SpinThread
+
         self.rclpy = rclpy
         self.emb = _emb()
         self.names = self.emb.joint_names
@@ -80,8 +82,7 @@ class Probe:
         self.estop_client = self.node.create_client(SetBool, "controller_node/estop")
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = SpinThread(self.executor)
 
     def _on_js_cmd(self, m) -> None:
         idx = [list(m.name).index(n) for n in self.names]
@@ -151,7 +152,7 @@ class Probe:
         assert wait_for(ok, timeout=STARTUP_S, period=0.1), node_proc.log()[-3000:]
 
     def close(self) -> None:
-        self.executor.shutdown()
+        self.spin.stop()
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.ctx)
 

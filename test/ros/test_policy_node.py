@@ -78,6 +78,7 @@ class IO:
 
         from twinbrain_ros.ros import qos
         from twinbrain_ros.ros.conversions import compressed_image_to_msg, image_to_msg
+        from twinbrain_ros.ros.spinning import SpinThread
 
         self.emb = emb
         self.ctx = Context()
@@ -106,8 +107,7 @@ class IO:
         n.create_subscription(PolicyStatus, f"{NODE}/status", self.status.append, qos.status_qos())
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        self._spin = SpinThread(self.executor)
         self.js_stamps: set[int] = set()
         self.paused: set[str] = set()
         self._stop = threading.Event()
@@ -196,7 +196,7 @@ class IO:
     def close(self):
         self._stop.set()
         self._feeder.join(timeout=5)
-        self.executor.shutdown()
+        self._spin.stop()
         self.node.destroy_node()
         self.ctx.try_shutdown()
 

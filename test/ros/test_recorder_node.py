@@ -81,6 +81,7 @@ class Teleop:
         from std_msgs.msg import String
 
         from twinbrain_ros.ros import qos
+        from twinbrain_ros.ros.spinning import SpinThread
 
         self.emb = emb
         self.ctx = Context()
@@ -99,8 +100,7 @@ class Teleop:
         self.paused: set[str] = set()
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        self._spin = SpinThread(self.executor)
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, daemon=True)
         self._feeder.start()
@@ -170,7 +170,7 @@ class Teleop:
     def close(self):
         self._stop.set()
         self._feeder.join(timeout=5)
-        self.executor.shutdown()
+        self._spin.stop()
         self.node.destroy_node()
         self.ctx.try_shutdown()
 

@@ -10,7 +10,6 @@ to run, naming both sides. Run inside tools/isolated.sh.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,7 @@ class Probe:
         from trajectory_msgs.msg import JointTrajectory
 
         from twinbrain_ros.ros import qos
+        from twinbrain_ros.ros.spinning import SpinThread
 
         self.ctx = Context()
         rclpy.init(context=self.ctx)
@@ -67,7 +67,7 @@ class Probe:
         self.cmd = n.create_publisher(JointTrajectory, "joint_command", 10)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self._spin = SpinThread(self.executor)
 
     def command(self, names, q):
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -98,7 +98,7 @@ class Probe:
         return find()
 
     def close(self):
-        self.executor.shutdown()
+        self._spin.stop()
         self.node.destroy_node()
         self.ctx.try_shutdown()
 

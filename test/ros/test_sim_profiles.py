@@ -10,7 +10,6 @@ commands come back on the simulator's command topic with the simulator's message
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ def test_profile_talks_to_the_simulator_topics(tmp_path, ros_domain, sim):
     from twinbrain_ros.msg import ActionChunk
 
     from twinbrain_ros.ros.conversions import image_to_msg, joint_state_to_msg
+    from twinbrain_ros.ros.spinning import SpinThread
 
     if sim == "gazebo":
         topics = _gazebo_topics()
@@ -62,7 +62,7 @@ def test_profile_talks_to_the_simulator_topics(tmp_path, ros_domain, sim):
     node.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    spin = SpinThread(ex)
     q = 0.5 * (emb.limits.lower + emb.limits.upper)
     frame = np.full((cam.height, cam.width, 3), 90, np.uint8)
     try:
@@ -76,7 +76,7 @@ def test_profile_talks_to_the_simulator_topics(tmp_path, ros_domain, sim):
             k += 1
             time.sleep(0.01)
     finally:
-        ex.shutdown()
+        spin.stop()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
         stop_all(procs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def bench_images(duration: float) -> dict:
     from sensor_msgs.msg import Image
 
     from twinbrain_ros.ros.conversions import time_to_sec
+    from twinbrain_ros.ros.spinning import SpinThread
 
     count = max(30, int(duration * 30))
     rclpy.init()
@@ -52,8 +52,7 @@ def bench_images(duration: float) -> dict:
     # call and adds ~1 ms) while this thread waits for the publisher process.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor)
     pub = subprocess.Popen(
         [sys.executable, "-m", "twinbrain_ros.bench.image_publisher", "--count", str(count)]
     )
@@ -63,7 +62,7 @@ def bench_images(duration: float) -> dict:
     finally:
         if pub.poll() is None:
             pub.kill()
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.shutdown()
     # The first frames can be lost to discovery on a reliable topic only if the publisher starts early;

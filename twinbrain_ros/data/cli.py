@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -204,6 +203,7 @@ def record_main(args: argparse.Namespace) -> int:
     from twinbrain_ros.core.validation import ParameterError, ValidationError
     from twinbrain_ros.data import mcap_episode as me
     from twinbrain_ros.nodes.recorder_node import RecorderNode
+    from twinbrain_ros.ros.spinning import SpinThread
 
     rclpy.init(args=_ros_args(args))
     node = None
@@ -225,8 +225,7 @@ def record_main(args: argparse.Namespace) -> int:
             )
             ex.spin()
             return 0
-        spinner = threading.Thread(target=ex.spin, daemon=True)
-        spinner.start()
+        spinner = SpinThread(ex)
         if args.episodes:
             return _auto(node, args)
         return _keys(node, args)
@@ -235,10 +234,10 @@ def record_main(args: argparse.Namespace) -> int:
     finally:
         if node is not None:
             node.shutdown()  # saves an episode still being recorded
-        if ex is not None:
-            ex.shutdown(timeout_sec=5.0)
         if spinner is not None:
-            spinner.join(timeout=5.0)
+            spinner.stop(timeout_s=5.0)  # wakes and joins the spin thread, then shuts ex down
+        elif ex is not None:
+            ex.shutdown(timeout_sec=5.0)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
