@@ -110,4 +110,4 @@ def test_camera_and_state_to_policy_to_controller_to_commands(tmp_path, ros_doma
     if policy["policy"] == "scripted_sine":
         # A fast policy must re-plan before the controller's policy timeout: it keeps tracking,
         # never falling back to decelerate/hold/ramp cycles (a staircase motion).
-        assert all(s.mode == "tracking" for s in cstat[-10:]), [s.mode for s in cstat[-10:]]
+        assert all(s.mode == "tracking" for s in cstat[-10:]), " ".join(s.mode for s in cstat[-10:])
