@@ -27,7 +27,7 @@ __all__ = ["SpinThread"]
 
 
 class SpinThread:
-    """``executor`` spun in a daemon thread until :meth:`stop` (also a context manager)."""
+    """``executor`` spun in a daemon thread until :meth:`stop`."""
 
     def __init__(self, executor, name: str = "ros-spin") -> None:
         self.executor = executor
@@ -61,9 +61,3 @@ class SpinThread:
         joined = not self._thread.is_alive()
         self.executor.shutdown(timeout_sec=timeout_s if joined else 0.0)
         return joined
-
-    def __enter__(self) -> SpinThread:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
