@@ -89,7 +89,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # Data, training and export: their argument modules import only argparse.
     from twinbrain_ros.data.cli import add_convert_arguments, add_record_arguments, convert_main, record_main
     from twinbrain_ros.data.sim_record import add_record_sim_arguments, record_sim_main
-    from twinbrain_ros.evaluation import add_eval_sim_arguments, eval_sim_main
+    from twinbrain_ros.evaluation import (
+        add_eval_sim_arguments,
+        add_tune_lead_arguments,
+        eval_sim_main,
+        tune_lead_main,
+    )
     from twinbrain_ros.export.cli import add_export_args, add_verify_args, export_main, verify_main
     from twinbrain_ros.train.cli import add_train_args, train_main
     from twinbrain_ros.train.grounding import add_eval_grounding_arguments, eval_grounding_main
@@ -104,6 +109,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         ),
         ("convert", "MCAP episodes -> LeRobot v3 dataset", add_convert_arguments, convert_main),
         ("eval-sim", "closed-loop evaluation in MuJoCo over ROS 2", add_eval_sim_arguments, eval_sim_main),
+        (
+            "tune-lead",
+            "choose a checkpoint's chunk lead on validation scenes (in-process sim)",
+            add_tune_lead_arguments,
+            tune_lead_main,
+        ),
         (
             "eval-grounding",
             "offline: does a policy act on camera + instruction or copy the state?",

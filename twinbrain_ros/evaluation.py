@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -251,6 +252,7 @@ def run_in_process(
     policy_seed: int = 0,
     progress: bool = True,
     noise_seed: int | None = None,
+    chunk_lead_s: float | None = None,
 ) -> tuple[list[EpisodeResult], Telemetry]:
     """Run ``episodes`` with the policy, the chunk controller and MuJoCo in this process, in sim time.
 
@@ -262,7 +264,7 @@ def run_in_process(
     from twinbrain_ros.policy import Policy
     from twinbrain_ros.sim.env import SimEnv
 
-    policy = Policy.load(model_dir, num_threads=num_threads, seed=policy_seed)
+    policy = Policy.load(model_dir, num_threads=num_threads, seed=policy_seed, chunk_lead_s=chunk_lead_s)
     emb = policy.embodiment
     cam = emb.cameras[0]
     rates = emb.rates
@@ -382,6 +384,7 @@ def run_ros(
     log_dir: Path | None = None,
     progress: bool = True,
     ready_timeout_s: float = 120.0,
+    chunk_lead_s: float | None = None,
 ) -> tuple[list[EpisodeResult], Telemetry]:
     """Run ``episodes`` through sim_node + policy_node + controller_node (separate processes, DDS)."""
     import threading
@@ -409,6 +412,8 @@ def run_ros(
     pol = data["policy_node"]["ros__parameters"]
     pol.update(policy="twinbrain", model_dir=str(Path(model_dir).resolve()), seed=int(policy_seed),
                num_threads=int(num_threads), require_instruction=True, autostart=True)  # fmt: skip
+    if chunk_lead_s is not None:
+        pol["chunk_lead_s"] = float(chunk_lead_s)
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
     first_task, first_seed = episodes[0]
     data["sim_node"]["ros__parameters"].update(task=first_task, seed=int(first_seed))
@@ -577,6 +582,13 @@ def _checkpoint_embodiment(model_dir: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
+def _checkpoint_lead(model_dir: str) -> float:
+    """The checkpoint's ``processor.json`` ``chunk_lead_s`` (0 when absent), without importing torch."""
+    path = Path(model_dir) / "processor.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return float(data.get("chunk_lead_s", 0.0))
+
+
 def episode_list(tasks: list[str], episodes: int, seed: int) -> list[tuple[str, int]]:
     """Seeds ``seed .. seed+episodes-1``, each run with every task (so swap pairs share a scene)."""
     return [(task, seed + i) for i in range(episodes) for task in tasks]
@@ -593,6 +605,9 @@ def add_eval_sim_arguments(p: argparse.ArgumentParser) -> None:
                    help="ros: the real graph over DDS (default); inprocess: same parts, no ROS")  # fmt: skip
     p.add_argument("--out", default="eval", help="directory for eval.json, joints.png, camera strip/gif")
     p.add_argument("--threads", type=int, default=0, help="policy CPU threads (0 = one per core)")
+    p.add_argument("--chunk-lead-s", type=float, default=None,
+                   help="execute chunks this much earlier than their observation, s "
+                        "(default: the checkpoint's processor.json chunk_lead_s)")  # fmt: skip
     p.add_argument("--real-time-factor", type=float, default=1.0, help="sim seconds per wall second (ros)")
     p.add_argument("--settle-s", type=float, default=0.3, help="sim seconds run on after success")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -611,14 +626,15 @@ def evaluate(a: argparse.Namespace, prefix: str = "eval-sim") -> tuple[dict[str,
     t_start = time.monotonic()
     if a.mode == "inprocess":
         results, tel = run_in_process(a.model, eps, settle_s=a.settle_s, num_threads=a.threads,
-                                      progress=a.progress)  # fmt: skip
+                                      progress=a.progress, chunk_lead_s=a.chunk_lead_s)  # fmt: skip
     else:
         results, tel = run_ros(a.model, eps, settle_s=a.settle_s, num_threads=a.threads,
                                real_time_factor=a.real_time_factor, log_dir=out / "logs",
-                               progress=a.progress)  # fmt: skip
+                               progress=a.progress, chunk_lead_s=a.chunk_lead_s)  # fmt: skip
     summary = summarize(results, tel, a.mode)
     summary["wall_s"] = time.monotonic() - t_start
     summary["model"] = str(a.model)
+    summary["chunk_lead_s"] = a.chunk_lead_s if a.chunk_lead_s is not None else _checkpoint_lead(a.model)
     names = _checkpoint_embodiment(a.model)
     joint_names = [j["name"] for j in names["joints"]]
     first = results[0] if results else None
@@ -633,6 +649,122 @@ def evaluate(a: argparse.Namespace, prefix: str = "eval-sim") -> tuple[dict[str,
     report = {"summary": summary, "episodes": [asdict(r) for r in results]}
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=_json_default))
     return report, 0
+
+
+# --------------------------------------------------------------------------------------------------
+# twinbrain tune-lead: choose a checkpoint's chunk lead on validation scenes
+# --------------------------------------------------------------------------------------------------
+def lead_score(summary: dict[str, Any]) -> float:
+    """What tune-lead maximises: mean of success rate and swap accuracy (success alone without pairs)."""
+    swap = summary["language_swap_accuracy"]
+    return summary["success_rate"] if swap is None else 0.5 * (summary["success_rate"] + swap)
+
+
+def pick_lead(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best row by score; ties go to the smaller lead (the less the timing departs from the data)."""
+    if not rows:
+        raise ValueError("no leads were evaluated")
+    return max(rows, key=lambda r: (r["score"], -r["chunk_lead_s"]))
+
+
+def parse_leads(text: str) -> list[float]:
+    """``"0,0.05,0.1"`` -> sorted unique seconds; raises ValueError naming a bad entry."""
+    leads = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"--leads: {item!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"--leads: {item!r} must be a finite lead >= 0 s")
+        leads.append(value)
+    if not leads:
+        raise ValueError("--leads is empty")
+    return sorted(set(leads))
+
+
+def add_tune_lead_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``twinbrain tune-lead``."""
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--leads", default="0,0.05,0.1,0.15,0.2", help="comma-separated chunk leads to try, s")
+    p.add_argument("--tasks", default="touch_red_cube,touch_blue_cube", help="comma-separated tasks")
+    p.add_argument("--episodes", type=int, default=40,
+                   help="validation seeds per lead (each runs every task)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=800,
+                   help="first validation seed; seeds must stay below the held-out test seeds "
+                        f"(>= {FIRST_HELD_OUT_SEED}) and should be outside the training data "
+                        "(make demo-train records 0-799)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="policy CPU threads (0 = one per core)")
+    p.add_argument("--settle-s", type=float, default=0.3, help="sim seconds run on after success")
+    p.add_argument("--write", action="store_true",
+                   help="store the best lead in the checkpoint's processor.json")  # fmt: skip
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
+def tune_lead_main(a: argparse.Namespace) -> int:
+    """Entry point of ``twinbrain tune-lead``: in-process eval-sim per lead, a table, the best lead.
+
+    The lead shifts when a chunk is executed (step ``k`` due at ``observation + k * step_dt - lead``);
+    it does not change the model. Each lead runs the same validation scenes in process (sim time; a
+    chunk reaches the controller after its measured inference time, as on the robot).
+    """
+    try:
+        leads = parse_leads(a.leads)
+    except ValueError as e:
+        print(f"[tune-lead] {e}", file=sys.stderr)
+        return 2
+    tasks = [t for t in a.tasks.split(",") if t]
+    if a.episodes < 1 or not tasks:
+        print("[tune-lead] need --episodes >= 1 and at least one task", file=sys.stderr)
+        return 2
+    if a.seed < 0 or a.seed + a.episodes > FIRST_HELD_OUT_SEED:
+        print(f"[tune-lead] seeds {a.seed}..{a.seed + a.episodes - 1} reach the held-out test seeds "
+              f"(>= {FIRST_HELD_OUT_SEED}) that eval-sim and make demo report on: choose the lead on "
+              "validation seeds below them", file=sys.stderr)  # fmt: skip
+        return 2
+    eps = episode_list(tasks, a.episodes, a.seed)
+    rows = []
+    for lead in leads:
+        print(f"[tune-lead] chunk_lead_s={lead:.3f}: {len(eps)} episodes", file=sys.stderr)
+        try:
+            results, tel = run_in_process(a.model, eps, settle_s=a.settle_s, num_threads=a.threads,
+                                          progress=a.progress, chunk_lead_s=lead)  # fmt: skip
+        except ValueError as e:  # e.g. a lead beyond the chunk's span
+            print(f"[tune-lead] {e}", file=sys.stderr)
+            return 2
+        s = summarize(results, tel, "inprocess")
+        rows.append({"chunk_lead_s": lead, "episodes": s["episodes"], "success_rate": s["success_rate"],
+                     "language_swap_accuracy": s["language_swap_accuracy"],
+                     "wrong_object_rate": s["wrong_object_rate"],
+                     "seam_jump_p95_rad": s["seam_jump_rad"]["p95"],
+                     "infer_ms_p50": s["infer_ms"]["p50"], "score": lead_score(s)})  # fmt: skip
+    best = pick_lead(rows)
+    print(f"{'lead s':>7} {'success':>8} {'swap':>6} {'other obj':>9} {'seam p95':>9} {'score':>6}")
+    for r in rows:
+        swap = r["language_swap_accuracy"]
+        other = r["wrong_object_rate"]
+        swap_s = "n/a" if swap is None else f"{swap:.1%}"
+        other_s = "n/a" if other is None else f"{other:.1%}"
+        print(f"{r['chunk_lead_s']:>7.3f} {r['success_rate']:>8.1%} {swap_s:>6} "
+              f"{other_s:>9} {r['seam_jump_p95_rad']:>9.3f} "
+              f"{r['score']:>6.3f}{'  <- best' if r is best else ''}")  # fmt: skip
+    seeds = f"seeds {a.seed}-{a.seed + a.episodes - 1}"
+    print(f"tune-lead: best chunk_lead_s={best['chunk_lead_s']:.3f} on {seeds} x {','.join(tasks)}")
+    if a.write:
+        import dataclasses
+
+        from twinbrain_ros.model.processing import ProcessorConfig
+
+        cfg = ProcessorConfig.load(a.model)
+        dataclasses.replace(cfg, chunk_lead_s=best["chunk_lead_s"]).save(a.model)
+        path = Path(a.model) / "processor.json"
+        print(f"tune-lead: wrote chunk_lead_s={best['chunk_lead_s']:.3f} to {path}")
+    if a.json:
+        print(json.dumps({"best": best, "rows": rows, "seeds": [a.seed, a.seed + a.episodes - 1],
+                          "tasks": tasks, "written": bool(a.write)}, default=_json_default))  # fmt: skip
+    return 0
 
 
 def _json_default(o: Any) -> Any:

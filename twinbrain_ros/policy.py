@@ -5,7 +5,8 @@
 listing every problem), runs the processing pipeline (``model/processing.py``), the backend runner and
 the un-normalisation, and attaches per-stage timing (``timing_ms``: preprocess, left, right, expert,
 postprocess, total). Joint names, step period and horizon come from the checkpoint's embodiment
-contract; ``t0 = obs_stamp = observation.stamp``.
+contract; ``obs_stamp = observation.stamp`` and ``t0 = obs_stamp - chunk_lead_s`` (the checkpoint's
+``processor.json`` value unless overridden at load).
 
 The backend is a strategy object chosen at load time (``RUNNERS``: the eager ``TorchRunner`` here; the
 ONNX Runtime / TensorRT / static-graph runners of ``twinbrain_ros.export.runners`` are resolved by name,
@@ -234,6 +235,7 @@ class Policy(PolicyBackend):
         processor: Any,
         runner: Runner,
         seed: int = 0,
+        chunk_lead_s: float = 0.0,
     ) -> None:
         self._model_id = str(model_id)
         self.embodiment = embodiment
@@ -242,6 +244,13 @@ class Policy(PolicyBackend):
         self._horizon = int(horizon)
         self.action_dim = int(action_dim)
         self._step_dt = float(embodiment.action.step_dt)
+        lead = chunk_lead_s
+        span = (self._horizon - 1) * self._step_dt
+        if isinstance(lead, bool) or not isinstance(lead, int | float) or not 0.0 <= lead < span:
+            raise ValueError(
+                f"chunk_lead_s must be in [0, {span:.3f}) s (less than the chunk's span), got {lead!r}"
+            )
+        self._chunk_lead_s = float(lead)
         self.processor = processor
         self.runner = runner
         self.seed = int(seed)
@@ -274,6 +283,11 @@ class Policy(PolicyBackend):
         """Seconds between chunk steps (the contract's ``action.step_dt``)."""
         return self._step_dt
 
+    @property
+    def chunk_lead_s(self) -> float:
+        """Step ``k`` of a chunk is due at ``observation.stamp + k * step_dt - chunk_lead_s``."""
+        return self._chunk_lead_s
+
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def load(
@@ -285,6 +299,7 @@ class Policy(PolicyBackend):
         seed: int = 0,
         export_dir: str | Path | None = None,
         num_threads: int = 0,
+        chunk_lead_s: float | None = None,
     ) -> Policy:
         """Load a checkpoint directory with the chosen backend.
 
@@ -300,12 +315,14 @@ class Policy(PolicyBackend):
             num_threads: CPU threads for torch's intra-op pool (0 = torch's default, one per core).
                 On a small CPU shared with a simulator and a 200 Hz controller, fewer threads than
                 cores avoid oversubscription and cut the latency tail.
+            chunk_lead_s: override of the checkpoint's ``processor.json`` ``chunk_lead_s`` (None:
+                keep it); see :attr:`chunk_lead_s`.
 
         Returns:
             The policy.
 
         Raises:
-            ValueError: for an unknown backend.
+            ValueError: for an unknown backend or a chunk lead outside [0, chunk span).
             twinbrain_ros.model.checkpoint.CheckpointError: listing every problem of the checkpoint.
         """
         if num_threads < 0:
@@ -330,6 +347,7 @@ class Policy(PolicyBackend):
         return cls(
             model_id=ckpt.name, embodiment=ckpt.embodiment, horizon=expert.horizon,
             action_dim=expert.action_dim, processor=processor, runner=runner, seed=seed,
+            chunk_lead_s=ckpt.processor_config.chunk_lead_s if chunk_lead_s is None else chunk_lead_s,
         )  # fmt: skip
 
     @classmethod
@@ -355,6 +373,7 @@ class Policy(PolicyBackend):
         return cls(
             model_id=model_id, embodiment=embodiment, horizon=expert.horizon, action_dim=expert.action_dim,
             processor=processor, runner=TorchRunner(model, device), seed=seed,
+            chunk_lead_s=getattr(processor_config, "chunk_lead_s", 0.0),
         )  # fmt: skip
 
     # -- validation --------------------------------------------------------------------------------
@@ -444,7 +463,8 @@ class Policy(PolicyBackend):
             noise: explicit (T, A) or (1, T, A) starting noise (overrides ``seed``).
 
         Returns:
-            The chunk: positions (H, J) float64 joint targets, ``t0 = obs_stamp = observation.stamp``,
+            The chunk: positions (H, J) float64 joint targets, ``obs_stamp = observation.stamp``,
+            ``t0 = obs_stamp - chunk_lead_s``,
             ``timing_ms`` with preprocess, left, right, expert, postprocess and total.
 
         Raises:
@@ -471,7 +491,7 @@ class Policy(PolicyBackend):
             joint_names=self.joint_names,
             positions=np.ascontiguousarray(positions, dtype=np.float64),
             step_dt=self.step_dt,
-            t0=float(observation.stamp),
+            t0=float(observation.stamp) - self._chunk_lead_s,
             obs_stamp=float(observation.stamp),
             chunk_id=self._chunk_id,
             inference_ms=timing["total"],

@@ -63,6 +63,32 @@ def test_infer_end_to_end(tiny_dirs, variant):
     assert policy.infer(obs, seed=0).chunk_id == chunk.chunk_id + 1
 
 
+def test_chunk_lead_from_checkpoint_and_override(tiny_dirs, tmp_path):
+    import shutil
+
+    from twinbrain_ros.model.processing import ProcessorConfig
+
+    obs = fake_observation(EMB, stamp=12.5)
+    base = Policy.load(tiny_dirs["native"]).infer(obs, seed=0)
+    lead_dir = tmp_path / "lead"
+    shutil.copytree(tiny_dirs["native"], lead_dir)
+    cfg = ProcessorConfig.load(lead_dir)
+    dataclasses.replace(cfg, chunk_lead_s=0.1).save(lead_dir)
+    policy = Policy.load(lead_dir)
+    assert policy.chunk_lead_s == 0.1
+    chunk = policy.infer(obs, seed=0)
+    # Only the timing moves: same targets, step 0 due 0.1 s before the observation, same obs stamp.
+    np.testing.assert_array_equal(chunk.positions, base.positions)
+    assert chunk.obs_stamp == 12.5 and chunk.t0 == pytest.approx(12.4)
+    assert Policy.load(lead_dir, chunk_lead_s=0.0).infer(obs, seed=0).t0 == 12.5
+    assert Policy.load(tiny_dirs["native"], chunk_lead_s=0.05).infer(obs, seed=0).t0 == pytest.approx(12.45)
+    span = (policy.horizon - 1) * policy.step_dt
+    with pytest.raises(ValueError, match="chunk_lead_s must be in \\[0, "):
+        Policy.load(lead_dir, chunk_lead_s=span)
+    with pytest.raises(ValueError, match="chunk_lead_s"):
+        Policy.load(lead_dir, chunk_lead_s=-0.1)
+
+
 def test_committed_demo_checkpoint_loads_and_is_reproducible(tmp_path):
     demo = Path(__file__).resolve().parents[2] / "models" / "demo-tiny"
     if not (demo / "model.safetensors").is_file():

@@ -81,6 +81,21 @@ def test_processor_config_roundtrip_defaults_and_validation(tmp_path):
         ProcessorConfig(resample="area")
 
 
+def test_chunk_lead_defaults_to_zero_roundtrips_and_is_validated(tmp_path):
+    assert ProcessorConfig().chunk_lead_s == 0.0
+    # A processor.json written before the field existed loads with lead 0 (step 0 at the observation).
+    old = ProcessorConfig().to_dict()
+    del old["chunk_lead_s"]
+    assert ProcessorConfig.from_dict(old).chunk_lead_s == 0.0
+    cfg = ProcessorConfig(chunk_lead_s=0.1)
+    cfg.save(tmp_path)
+    assert ProcessorConfig.load(tmp_path).chunk_lead_s == 0.1
+    assert isinstance(ProcessorConfig(chunk_lead_s=1).chunk_lead_s, float)
+    for bad in (-0.05, 2.5, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="chunk_lead_s must be a number in \\[0, 2.0\\] s"):
+            ProcessorConfig(chunk_lead_s=bad)
+
+
 # --------------------------------------------------------------------------------------------------
 # Tokenizers and prompts
 # --------------------------------------------------------------------------------------------------

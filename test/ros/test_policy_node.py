@@ -484,6 +484,7 @@ def test_twinbrain_checkpoint_end_to_end(start_node, make_io):
     """
     pytest.importorskip("torch")
     from twinbrain_ros.core.embodiment import load_embodiment
+    from twinbrain_ros.ros.conversions import time_to_sec
 
     model = Path(__file__).resolve().parents[2] / "models" / "demo-tiny"
     if not (model / "config.json").exists():
@@ -493,10 +494,12 @@ def test_twinbrain_checkpoint_end_to_end(start_node, make_io):
     proc = start_node(MODULE, NODE, {"autostart": True, "policy": "twinbrain", "model_dir": str(model),
                                      "default_instruction": "pick up the red cube",
                                      "require_instruction": True, "max_image_age_s": 5.0,
-                                     "max_state_age_s": 5.0})
+                                     "max_state_age_s": 5.0, "chunk_lead_s": 0.1})
     assert wait_for(lambda: len(io.chunks) >= 2, 120.0), proc.log()[-3000:]
     m = io.chunks[-1][1]
     assert m.model_id == "demo-tiny" and tuple(m.joint_names) == emb.joint_names
+    # chunk_lead_s reaches the policy: step 0 is due 0.1 s before the observation (header stamp).
+    assert time_to_sec(m.header.stamp) - time_to_sec(m.t0) == pytest.approx(0.1, abs=1e-6)
     assert m.horizon >= 1 and np.all(np.isfinite(np.asarray(m.positions)))
     # status is periodic: wait for one published after the first inference
     assert io.wait_status(lambda s: s.lifecycle_state == "active" and s.model_id == "demo-tiny"

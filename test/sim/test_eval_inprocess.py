@@ -58,3 +58,66 @@ def test_inprocess_episode_reports_the_object_the_tool_point_reached(tmp_path):
     if r.nearest_object == "red_cube":
         assert r.nearest_distance_m <= r.final_distance_m + 1e-9
     assert not math.isnan(tel.control_hz) and tel.infer_ms and np.isfinite(tel.infer_ms).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# tune-lead
+# --------------------------------------------------------------------------------------------------
+def test_parse_leads_pick_lead_and_score():
+    from twinbrain_ros.evaluation import lead_score, parse_leads, pick_lead
+
+    assert parse_leads("0.1, 0,0.1,0.05") == [0.0, 0.05, 0.1]
+    for bad in ("", "0,x", "-0.05", "nan"):
+        with pytest.raises(ValueError, match="--leads"):
+            parse_leads(bad)
+    assert lead_score({"success_rate": 0.9, "language_swap_accuracy": 0.7}) == pytest.approx(0.8)
+    assert lead_score({"success_rate": 0.9, "language_swap_accuracy": None}) == 0.9
+    rows = [{"chunk_lead_s": 0.0, "score": 0.7}, {"chunk_lead_s": 0.1, "score": 0.8},
+            {"chunk_lead_s": 0.05, "score": 0.8}]  # fmt: skip
+    assert pick_lead(rows)["chunk_lead_s"] == 0.05  # a tie goes to the smaller lead
+    with pytest.raises(ValueError):
+        pick_lead([])
+
+
+def _tune_args(model, **kw):
+    import argparse
+
+    from twinbrain_ros.evaluation import add_tune_lead_arguments
+
+    p = argparse.ArgumentParser()
+    add_tune_lead_arguments(p)
+    argv = ["--model", str(model), "--no-progress"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return p.parse_args(argv)
+
+
+def test_tune_lead_refuses_the_held_out_test_seeds(tmp_path, capsys):
+    from twinbrain_ros.evaluation import tune_lead_main
+
+    assert tune_lead_main(_tune_args(tmp_path, seed=990, episodes=20)) == 2
+    assert "reach the held-out test seeds (>= 1000)" in capsys.readouterr().err
+    assert tune_lead_main(_tune_args(tmp_path, leads="0,abc")) == 2
+    assert "'abc' is not a number" in capsys.readouterr().err
+
+
+def test_tune_lead_runs_each_lead_and_writes_the_best(tmp_path, capsys):
+    import json
+
+    from twinbrain_ros.evaluation import tune_lead_main
+    from twinbrain_ros.model.convert import make_tiny_checkpoint
+    from twinbrain_ros.model.processing import ProcessorConfig
+
+    model = make_tiny_checkpoint(tmp_path / "tiny", embodiment="so101_sim", seed=0)
+    rc = tune_lead_main(_tune_args(model, leads="0.1,0.05", tasks="touch_red_cube", episodes=1,
+                                   seed=900, threads=1, write=True, json=True))  # fmt: skip
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["chunk_lead_s"] for r in out["rows"]] == [0.05, 0.1]
+    assert all(r["episodes"] == 1 and r["language_swap_accuracy"] is None for r in out["rows"])
+    # The best row (by score, ties to the smaller lead) is what processor.json now holds.
+    best = max(out["rows"], key=lambda r: (r["score"], -r["chunk_lead_s"]))
+    assert out["best"] == best and out["written"] is True
+    assert ProcessorConfig.load(model).chunk_lead_s == best["chunk_lead_s"]
+    # A lead past the chunk's span is refused before any episode runs.
+    assert tune_lead_main(_tune_args(model, leads="5", episodes=1, seed=900)) == 2

@@ -110,6 +110,10 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# Upper bound of ProcessorConfig.chunk_lead_s (a policy also checks it against its chunk's span).
+MAX_CHUNK_LEAD_S = 2.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Configuration of the processing (saved as processor.json next to config.json)
 # --------------------------------------------------------------------------------------------------
@@ -129,6 +133,12 @@ class ProcessorConfig:
         image_mean: per-channel mean of the pixel normalisation.
         image_std: per-channel std of the pixel normalisation.
         system_prompt: text of a system turn before the user turn, or None for no system turn.
+        chunk_lead_s: output timing. A chunk's step ``k`` is due at
+            ``observation stamp + k * step_dt - chunk_lead_s``: 0 places step 0 at the observation,
+            as the demonstrations were recorded; a positive lead executes the chunk that much
+            earlier (the controller then joins it further along), for a model that lags its
+            demonstrations. Chosen per checkpoint on validation episodes (``twinbrain eval-sim
+            --chunk-lead-s``) and overridable at deployment (policy node ``chunk_lead_s``).
     """
 
     image_height: int = 224
@@ -139,6 +149,7 @@ class ProcessorConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     system_prompt: str | None = None
+    chunk_lead_s: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate; raises ValueError naming the offending values."""
@@ -159,6 +170,10 @@ class ProcessorConfig:
             raise ValueError(f"image_std must be > 0, got {self.image_std}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt must be a str or None, got {self.system_prompt!r}")
+        lead = self.chunk_lead_s
+        if isinstance(lead, bool) or not isinstance(lead, int | float) or not 0.0 <= lead <= MAX_CHUNK_LEAD_S:
+            raise ValueError(f"chunk_lead_s must be a number in [0, {MAX_CHUNK_LEAD_S}] s, got {lead!r}")
+        object.__setattr__(self, "chunk_lead_s", float(lead))
 
     @classmethod
     def for_family(cls, family: str, **overrides: Any) -> ProcessorConfig:

@@ -92,6 +92,13 @@ class PolicyNodeParams:
     num_threads: int = param(
         0, "CPU threads of model policies (0 = the runtime's default, one per core).", low=0, high=256
     )
+    chunk_lead_s: float = param(
+        -1.0,
+        "Model policies: step k of a chunk is due at observation stamp + k*step_dt - chunk_lead_s, s; "
+        "negative = the checkpoint's processor.json value.",
+        low=-1.0,
+        high=2.0,
+    )
     autostart: bool = param(False, "Configure and activate on start-up (no lifecycle manager needed).")
     camera_topics: tuple[str, ...] = param(
         (), "Image topics, one per contract camera in contract order; empty = the contract's topics."
@@ -316,8 +323,11 @@ class PolicyNode(LifecycleNode):
                 "simulated_latency_s": p.simulated_latency_s,
                 "latency_busy": p.simulated_latency_busy,
             }
-        elif p.num_threads:
-            options = {"num_threads": p.num_threads}
+        else:
+            if p.num_threads:
+                options["num_threads"] = p.num_threads
+            if p.chunk_lead_s >= 0.0:
+                options["chunk_lead_s"] = p.chunk_lead_s
         t0 = time.monotonic()
         try:
             policy = load_policy(
