@@ -18,7 +18,10 @@
 #   5. copy the inference files of stage 3's checkpoint DEMO_TRAIN_PICK to models/so101-sim-touch
 #      (step 6000 of 8000: chosen on validation scenes, seeds 900-939, that are in neither the
 #      training data nor the demo's test seeds; in-process touch success at steps 5k/6k/7k/8k was
-#      75/90/70/78 %, so the checkpoints of one run differ a lot and the choice matters).
+#      75/90/70/78 %, so the checkpoints of one run differ a lot and the choice matters);
+#   6. choose the chunk lead (processor.json chunk_lead_s: step k of a chunk is due at
+#      observation + k * step_dt - lead) with `twinbrain tune-lead` on validation seeds 800-959,
+#      in neither the training data (0-799) nor the test seeds (>= 1000), and store it.
 # Every step is seeded; the recording goes over DDS in real time, so frame timing (and from there
 # the weights) can differ in the last bits between machines.
 set -euo pipefail
@@ -31,6 +34,7 @@ STEPS2=${DEMO_TRAIN_STEPS2:-6000}
 STEPS3=${DEMO_TRAIN_STEPS3:-8000}
 PICK=${DEMO_TRAIN_PICK:-6000}
 DEST=${DEMO_TRAIN_DEST:-models/so101-sim-touch}
+LEADS=${DEMO_TRAIN_LEADS:-0,0.05,0.1,0.15,0.2}
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONPATH=$PWD
 mkdir -p "$OUT"
 if [[ ! -f "$OUT/episodes.done" ]]; then
@@ -59,6 +63,8 @@ rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
 for f in config.json model.safetensors norm_stats.json processor.json embodiment.yaml trainer_state.json tokenizer; do
   cp -r "$CKPT/$f" "$DEST.tmp/"
 done
+$PY -m twinbrain_ros.cli tune-lead --model "$DEST.tmp" --leads "$LEADS" --seed 800 --episodes 160 \
+  --threads 2 --write
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 du -sh "$DEST"
 echo "demo-train: wrote $DEST from $CKPT"

@@ -253,12 +253,17 @@ def run_in_process(
     progress: bool = True,
     noise_seed: int | None = None,
     chunk_lead_s: float | None = None,
+    min_inference_rate_hz: float | None = None,
 ) -> tuple[list[EpisodeResult], Telemetry]:
     """Run ``episodes`` with the policy, the chunk controller and MuJoCo in this process, in sim time.
 
     Each chunk reaches the controller ``inference time`` after its observation (sim time stands still
     while the model runs, then the chunk is delayed by what it cost), as it would on a robot.
+    Inferences are scheduled as the policy node schedules them (:class:`InferenceScheduler` with the
+    node's default parameters; ``min_inference_rate_hz`` overrides its re-planning floor), on
+    the latency measured here, so the chunks overlap as they do in the ROS graph.
     """
+    from twinbrain_ros.core import scheduling as S
     from twinbrain_ros.core.controller import ChunkController, ControllerConfig
     from twinbrain_ros.core.types import Observation
     from twinbrain_ros.policy import Policy
@@ -275,7 +280,11 @@ def run_in_process(
     env.check_embodiment(emb)
     control_dt = 1.0 / rates.control_hz
     frame_dt = 1.0 / rates.camera_hz
-    infer_dt = 1.0 / rates.policy_hz
+    stats = S.LatencyStats(window=S.DEFAULT_WINDOW, warmup=S.DEFAULT_WARMUP)
+    sched = S.InferenceScheduler(
+        stats, min_rate_hz=S.DEFAULT_MIN_RATE_HZ if min_inference_rate_hz is None else min_inference_rate_hz,
+        max_rate_hz=S.DEFAULT_MAX_RATE_HZ, margin_s=S.DEFAULT_MARGIN_S,
+    )  # fmt: skip
     tel.control_hz = rates.control_hz
     vmax = np.asarray(emb.limits.max_velocity, dtype=np.float64)
     max_frac = 0.0
@@ -289,6 +298,7 @@ def run_in_process(
             t = 0.0
             ctl.initialize(env.joint_positions(), t)
             next_frame = next_infer = next_control = 0.0
+            last_start = chunk_end = None
             frame = None
             pending: list[tuple[float, Any]] = []
             prev_chunk = None
@@ -306,11 +316,16 @@ def run_in_process(
                                       joint_names=emb.joint_names, instruction=info.instruction,
                                       stamp=t)  # fmt: skip
                     chunk = policy.infer(obs, seed=noise_seed)
+                    latency = chunk.timing_ms["total"] / 1e3
+                    stats.add(latency)
                     tel.infer_ms.append(chunk.timing_ms["total"])
                     for k, v in chunk.timing_ms.items():
                         tel.stage_ms.setdefault(k, []).append(v)
-                    pending.append((t + chunk.timing_ms["total"] / 1e3, chunk))
-                    next_infer += infer_dt
+                    pending.append((t + latency, chunk))
+                    # The node's worker decides on its next start once this inference has returned.
+                    last_start, chunk_end, done = t, chunk.t_end, t + latency
+                    executing = chunk_end if chunk_end > done else None
+                    next_infer = sched.next_start(now=done, last_start=last_start, chunk_end=executing).t_next
                 while pending and pending[0][0] <= t + 1e-9:
                     _, chunk = pending.pop(0)
                     if ctl.offer(chunk, t).accepted:
@@ -385,6 +400,7 @@ def run_ros(
     progress: bool = True,
     ready_timeout_s: float = 120.0,
     chunk_lead_s: float | None = None,
+    min_inference_rate_hz: float | None = None,
 ) -> tuple[list[EpisodeResult], Telemetry]:
     """Run ``episodes`` through sim_node + policy_node + controller_node (separate processes, DDS)."""
     import threading
@@ -414,6 +430,8 @@ def run_ros(
                num_threads=int(num_threads), require_instruction=True, autostart=True)  # fmt: skip
     if chunk_lead_s is not None:
         pol["chunk_lead_s"] = float(chunk_lead_s)
+    if min_inference_rate_hz is not None:
+        pol["min_inference_rate_hz"] = float(min_inference_rate_hz)
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
     first_task, first_seed = episodes[0]
     data["sim_node"]["ros__parameters"].update(task=first_task, seed=int(first_seed))
@@ -608,6 +626,8 @@ def add_eval_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-lead-s", type=float, default=None,
                    help="execute chunks this much earlier than their observation, s "
                         "(default: the checkpoint's processor.json chunk_lead_s)")  # fmt: skip
+    p.add_argument("--min-inference-rate-hz", type=float, default=None,
+                   help="the policy node's re-planning floor (default: the node's, 4 Hz)")  # fmt: skip
     p.add_argument("--real-time-factor", type=float, default=1.0, help="sim seconds per wall second (ros)")
     p.add_argument("--settle-s", type=float, default=0.3, help="sim seconds run on after success")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -626,11 +646,13 @@ def evaluate(a: argparse.Namespace, prefix: str = "eval-sim") -> tuple[dict[str,
     t_start = time.monotonic()
     if a.mode == "inprocess":
         results, tel = run_in_process(a.model, eps, settle_s=a.settle_s, num_threads=a.threads,
-                                      progress=a.progress, chunk_lead_s=a.chunk_lead_s)  # fmt: skip
+                                      progress=a.progress, chunk_lead_s=a.chunk_lead_s,
+                                      min_inference_rate_hz=a.min_inference_rate_hz)  # fmt: skip
     else:
         results, tel = run_ros(a.model, eps, settle_s=a.settle_s, num_threads=a.threads,
                                real_time_factor=a.real_time_factor, log_dir=out / "logs",
-                               progress=a.progress, chunk_lead_s=a.chunk_lead_s)  # fmt: skip
+                               progress=a.progress, chunk_lead_s=a.chunk_lead_s,
+                               min_inference_rate_hz=a.min_inference_rate_hz)  # fmt: skip
     summary = summarize(results, tel, a.mode)
     summary["wall_s"] = time.monotonic() - t_start
     summary["model"] = str(a.model)

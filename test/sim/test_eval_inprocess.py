@@ -58,6 +58,12 @@ def test_inprocess_episode_reports_the_object_the_tool_point_reached(tmp_path):
     if r.nearest_object == "red_cube":
         assert r.nearest_distance_m <= r.final_distance_m + 1e-9
     assert not math.isnan(tel.control_hz) and tel.infer_ms and np.isfinite(tel.infer_ms).all()
+    # Chunks follow the policy node's schedule: its 4 Hz re-planning floor binds (a chunk spans 0.75 s),
+    # not the contract's nominal policy_hz of 10.
+    assert 3.5 <= r.chunks / r.episode_s <= 4.5, (r.chunks, r.episode_s)
+    (fast,), _ = run_in_process(str(model), [("touch_red_cube", 7)], num_threads=1, progress=False,
+                                min_inference_rate_hz=10.0)  # fmt: skip
+    assert 9.0 <= fast.chunks / fast.episode_s <= 10.5, (fast.chunks, fast.episode_s)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The policy node's scheduling defaults (its parameters), shared with the in-process evaluation so
+# that both re-plan on the same schedule.
+DEFAULT_MIN_RATE_HZ = 4.0
+DEFAULT_MAX_RATE_HZ = 20.0
+DEFAULT_MARGIN_S = 0.1
+DEFAULT_WINDOW = 50
+DEFAULT_WARMUP = 2
+
 
 class LatencyStats:
     """Rolling inference latency statistics over the last ``window`` measured calls.

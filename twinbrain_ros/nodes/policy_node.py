@@ -56,6 +56,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from twinbrain_ros.core import scheduling as sched_defaults
 from twinbrain_ros.core.embodiment import CameraSpec, load_embodiment
 from twinbrain_ros.core.frame_sync import FrameSync
 from twinbrain_ros.core.scheduling import InferenceScheduler, LatencyStats
@@ -122,19 +123,30 @@ class PolicyNodeParams:
     )
     status_rate_hz: float = param(5.0, "~/status publish rate.", low=0.1, high=100.0)
     min_inference_rate_hz: float = param(
-        4.0,
+        sched_defaults.DEFAULT_MIN_RATE_HZ,
         "Re-plan at least this often even when chunks are long; 0 = no floor. Keep 1/rate below the "
         "controller's chunk_timeout_s (0.5 s by default), or it treats the pause as a lost policy.",
         low=0.0,
         high=1000.0,
     )
-    max_inference_rate_hz: float = param(20.0, "Never infer more often than this.", low=0.01, high=1000.0)
-    latency_margin_s: float = param(
-        0.1, "Time the new chunk must arrive before the executing one ends (transport, splice), s.",
-        low=0.0, high=10.0,
+    max_inference_rate_hz: float = param(
+        sched_defaults.DEFAULT_MAX_RATE_HZ, "Never infer more often than this.", low=0.01, high=1000.0
     )
-    latency_window: int = param(50, "Inferences the latency percentiles cover.", low=1, high=100000)
-    latency_warmup: int = param(2, "First inferences left out of the latency statistics.", low=0, high=1000)
+    latency_margin_s: float = param(
+        sched_defaults.DEFAULT_MARGIN_S,
+        "Time the new chunk must arrive before the executing one ends (transport, splice), s.",
+        low=0.0,
+        high=10.0,
+    )
+    latency_window: int = param(
+        sched_defaults.DEFAULT_WINDOW, "Inferences the latency percentiles cover.", low=1, high=100000
+    )
+    latency_warmup: int = param(
+        sched_defaults.DEFAULT_WARMUP,
+        "First inferences left out of the latency statistics.",
+        low=0,
+        high=1000,
+    )
     instruction_max_length: int = param(
         512, "Longest accepted instruction, characters.", low=1, high=100000
     )
