@@ -59,11 +59,16 @@ def test_inprocess_episode_reports_the_object_the_tool_point_reached(tmp_path):
         assert r.nearest_distance_m <= r.final_distance_m + 1e-9
     assert not math.isnan(tel.control_hz) and tel.infer_ms and np.isfinite(tel.infer_ms).all()
     # Chunks follow the policy node's schedule: its 4 Hz re-planning floor binds (a chunk spans 0.75 s),
-    # not the contract's nominal policy_hz of 10.
-    assert 3.5 <= r.chunks / r.episode_s <= 4.5, (r.chunks, r.episode_s)
+    # not the contract's nominal policy_hz of 10. The first few inferences, before a latency has been
+    # measured, run at the 20 Hz maximum: up to ~3 extra chunks. (Even a random tiny model sometimes
+    # touches the cube, which ends the episode early: compare with its own length.)
+    def expected(rate_hz, r):
+        return rate_hz * r.episode_s - 1 <= r.chunks <= rate_hz * r.episode_s + 4
+
+    assert expected(4.0, r) and not expected(10.0, r), (r.chunks, r.episode_s)
     (fast,), _ = run_in_process(str(model), [("touch_red_cube", 7)], num_threads=1, progress=False,
                                 min_inference_rate_hz=10.0)  # fmt: skip
-    assert 9.0 <= fast.chunks / fast.episode_s <= 10.5, (fast.chunks, fast.episode_s)
+    assert expected(10.0, fast), (fast.chunks, fast.episode_s)
 
 
 # --------------------------------------------------------------------------------------------------
