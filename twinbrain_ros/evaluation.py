@@ -298,7 +298,6 @@ def run_in_process(
             t = 0.0
             ctl.initialize(env.joint_positions(), t)
             next_frame = next_infer = next_control = 0.0
-            last_start = chunk_end = None
             frame = None
             pending: list[tuple[float, Any]] = []
             prev_chunk = None
@@ -323,9 +322,9 @@ def run_in_process(
                         tel.stage_ms.setdefault(k, []).append(v)
                     pending.append((t + latency, chunk))
                     # The node's worker decides on its next start once this inference has returned.
-                    last_start, chunk_end, done = t, chunk.t_end, t + latency
-                    executing = chunk_end if chunk_end > done else None
-                    next_infer = sched.next_start(now=done, last_start=last_start, chunk_end=executing).t_next
+                    done = t + latency
+                    executing = chunk.t_end if chunk.t_end > done else None
+                    next_infer = sched.next_start(now=done, last_start=t, chunk_end=executing).t_next
                 while pending and pending[0][0] <= t + 1e-9:
                     _, chunk = pending.pop(0)
                     if ctl.offer(chunk, t).accepted:
