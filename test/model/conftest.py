@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from twinbrain_ros.model import modeling as M
-from twinbrain_ros.model.configuration import ACTION_TOKEN, PROPRI_TOKEN, TwinBrainConfig, preset
+from twinbrain_ros.model.configuration import ACTION_TOKEN, PROPRI_TOKEN, VIEWS_SLOT, TwinBrainConfig, preset
 from twinbrain_ros.model.convert import tiny_qwen2_5_backbone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,9 +103,11 @@ def random_images(seed: int, n: int, size: int = 224) -> list:
 
 
 def chat(text: str, n_image_tokens: list[int]) -> str:
-    """One user turn (images first, then text) and the generation prompt; no system turn (spec §1.2)."""
+    """One user turn (views first, or at the template's {images}), the generation prompt; no system turn."""
     views = "".join(f"<|vision_start|>{'<|image_pad|>' * n}<|vision_end|>" for n in n_image_tokens)
-    return f"<|im_start|>user\n{views}{text}<|im_end|>\n<|im_start|>assistant\n"
+    before, slot, after = text.partition(VIEWS_SLOT)
+    user = f"{before}{views}{after}" if slot else f"{views}{text}"
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def make_batch(

@@ -215,17 +215,22 @@ def test_linear_patch_embedding_equals_the_stock_conv3d(setups, family):
 # --------------------------------------------------------------------------------------------------
 # Fast path == slow reference
 # --------------------------------------------------------------------------------------------------
+TEXT_FIRST = "Instruction: {instruction}\nState: {propri}\n{images}Action Query: {action_queries}"
+
+
 @pytest.mark.parametrize(
-    ("family", "mode"),
+    ("family", "mode", "fields"),
     [
-        ("qwen3_vl", "native"),
-        ("qwen3_vl", "reference"),
-        ("qwen2_5_vl", "native"),
-        ("qwen2_5_vl", "reference"),
+        ("qwen3_vl", "native", {}),
+        ("qwen3_vl", "reference", {}),
+        ("qwen2_5_vl", "native", {}),
+        ("qwen2_5_vl", "reference", {}),
+        # Views after the text (image tokens attend to the instruction): MRoPE and masks still agree.
+        ("qwen3_vl", "native", {"right_prompt_template": TEXT_FIRST, "left_prompt_template": "{instruction}{images}"}),  # noqa: E501
     ],
 )
-def test_fast_path_matches_slow_reference(setups, family, mode):
-    cfg, brains, batch = setups(family, mode)
+def test_fast_path_matches_slow_reference(setups, family, mode, fields):
+    cfg, brains, batch = setups(family, mode, **fields)
     token = state_token(cfg, 2)
     _, left_full, queries, hidden = fast(brains, batch, token)
     left_args, right_args = brains_args(batch)

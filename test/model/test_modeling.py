@@ -12,7 +12,7 @@ import torch
 
 from twinbrain_ros.model import modeling as M
 from twinbrain_ros.model.action_expert import ActionExpertConfig
-from twinbrain_ros.model.configuration import TwinBrainConfig, preset
+from twinbrain_ros.model.configuration import VIEWS_SLOT, TwinBrainConfig, preset
 from twinbrain_ros.model.modeling import TwinBrainModel
 from twinbrain_ros.model.state_encoder import StateEncoder
 
@@ -57,6 +57,9 @@ def test_config_resolves_mode_defaults_and_formats_prompts():
         "Action Query: <|action|> <|action|> <|action|> <|action|>",
     ]
     assert native.format_left_text("go") == "go"
+    # {images} leaves a slot where chat_prompt puts the views.
+    first = dataclasses.replace(native, right_prompt_template="{instruction} {propri}{images} {action_queries}")  # noqa: E501
+    assert first.format_right_text("go") == f"go <|propri|>{VIEWS_SLOT} " + " ".join(["<|action|>"] * 4)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +76,15 @@ def test_config_resolves_mode_defaults_and_formats_prompts():
         ({"action_token_id": 5000}, "action_token_id=5000"),
         ({"select_layer": 2}, "select_layer=2"),
         ({"right_prompt_template": "Instruction: {instruction}\nAction Query: {action_queries}"}, "{propri}"),
+        ({"left_prompt_template": "{images}{instruction}{images}"}, "may contain {images} at most once"),
+        (
+            {
+                "mode": "reference",
+                "deepstack": False,
+                "right_prompt_template": "{images}Instruction: {instruction}\nAction Query: {action_queries}",
+            },
+            "reference mode puts the views first",
+        ),
         ({"action_expert": ActionExpertConfig.tiny(cond_dim=64)}, "cond_dim=64"),
         (
             {"action_expert": ActionExpertConfig.tiny(cond_dim=128, use_state_token=True, state_dim=3)},

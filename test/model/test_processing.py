@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from twinbrain_ros.core.embodiment import load_embodiment, parse_embodiment
 from twinbrain_ros.core.normalize import Normalizer
 from twinbrain_ros.core.types import Observation
 from twinbrain_ros.model import modeling as M
-from twinbrain_ros.model.configuration import preset
+from twinbrain_ros.model.configuration import VIEWS_SLOT, preset
 from twinbrain_ros.model.convert import placeholder_normalizers, tiny_config
 from twinbrain_ros.model.processing import (
     PROCESSOR_NAME,
@@ -170,6 +172,31 @@ def test_pipeline_views_tokens_and_left_padding(small_tok):
     assert ((right == cfg.action_token_id).sum(axis=1) == cfg.num_action_queries).all()
     assert ((right == cfg.propri_token_id).sum(axis=1) == 1).all()
     assert not (batch[M.LEFT_INPUT_IDS] == cfg.action_token_id).any()
+
+
+def test_images_field_places_the_views_after_the_text(small_tok):
+    emb = load_embodiment("so101")
+    cfg = dataclasses.replace(
+        tiny_config(small_tok, emb),
+        right_prompt_template=(
+            "Instruction: {instruction}\nState: {propri}\n{images}Action Query: {action_queries}"
+        ),
+    )
+    proc = build_processor(cfg, small_tok, placeholder_normalizers(emb), emb.camera_names)
+    batch = proc.preprocess([observation(emb, "touch the red cube")])
+    image_id = cfg.backbone["image_token_id"]
+    right, left = batch[M.RIGHT_INPUT_IDS][0], batch[M.LEFT_INPUT_IDS][0]
+    images = np.flatnonzero(right == image_id)
+    assert images.size == 64 and (np.diff(images) == 1).all()
+    # Instruction and state come before the views, the action queries after them.
+    assert np.flatnonzero(right == cfg.propri_token_id)[0] < images[0]
+    assert np.flatnonzero(right == cfg.action_token_id)[0] > images[-1]
+    # The left template has no {images}: its views stay first (right after "<|im_start|>user\n").
+    left_images = np.flatnonzero(left == image_id)
+    assert left_images.size == 64 and left_images[0] < images[0]
+    # The slot is reserved: an instruction cannot smuggle it in.
+    with pytest.raises(ValueError, match="reserved"):
+        proc.preprocess([observation(emb, "go" + VIEWS_SLOT)])
 
 
 def test_explicit_resize_bounds_image_tokens(small_tok):

@@ -40,11 +40,16 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 PROPRI_TOKEN = "<|propri|>"
 ACTION_TOKEN = "<|action|>"
 
-# Prompt templates (text before the chat template). Fields: {instruction}, {propri}, {action_queries}.
+# Prompt templates (text before the chat template). Fields: {instruction}, {propri}, {action_queries},
+# and optionally {images}: where the camera views go (absent: before the text, as Qwen-VL's chat template
+# puts them). Text before the views lets image tokens attend to the instruction in every layer.
 # Native mode follows decision (a); reference mode is the authors' posterior template (§1.3).
 NATIVE_RIGHT_TEMPLATE = "Instruction: {instruction}\nState: {propri}\nAction Query: {action_queries}"
 REFERENCE_RIGHT_TEMPLATE = "Instruction: {instruction}\nAction Query: {action_queries}"
 LEFT_TEMPLATE = "{instruction}"
+# What {images} becomes in a formatted text: a slot that chat_prompt replaces with the views. It holds
+# NUL characters, so no tokenizer vocabulary and no validated instruction contains it.
+VIEWS_SLOT = "\x00views\x00"
 
 _VISION_ID_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
@@ -88,7 +93,8 @@ class TwinBrainConfig:
             -1 is the last. Layers past it are not computed.
         attn_implementation: ``"sdpa"`` or ``"eager"`` (the authors' kernel), for both brains.
         left_prompt_template: left-brain text template (raw instruction by default).
-        right_prompt_template: right-brain text template; ``None`` resolves per mode.
+        right_prompt_template: right-brain text template; ``None`` resolves per mode. Either template
+            may hold ``{images}`` once (native mode): the views go there instead of before the text.
         action_expert: the flow-matching action expert's config. Whether the expert also gets the
             state is its ``use_state_token`` (one source of truth; see ``state_to_expert``).
     """
@@ -238,6 +244,14 @@ class TwinBrainConfig:
             raise ValueError(
                 f"left_prompt_template must contain {{instruction}} once: {self.left_prompt_template!r}"
             )
+        for name in ("left_prompt_template", "right_prompt_template"):
+            text = getattr(self, name)
+            if text.count("{images}") > 1:
+                raise ValueError(f"{name} may contain {{images}} at most once: {text!r}")
+        if reference and "{images}" in tpl:
+            raise ValueError(
+                f"reference mode puts the views first, as the authors do; template has {{images}}: {tpl!r}"
+            )
 
         # --- action expert -------------------------------------------------------------------------
         expert = self.action_expert
@@ -305,7 +319,10 @@ class TwinBrainConfig:
 
     def format_left_text(self, instruction: str) -> str:
         """The left brain's text (before the chat template)."""
-        return self.left_prompt_template.format(instruction=instruction)
+        fields = {"instruction": instruction}
+        if "{images}" in self.left_prompt_template:
+            fields["images"] = VIEWS_SLOT
+        return self.left_prompt_template.format(**fields)
 
     def format_right_text(self, instruction: str) -> str:
         """The right brain's text: instruction, state placeholder (native), K action queries."""
@@ -313,6 +330,8 @@ class TwinBrainConfig:
         fields = {"instruction": instruction, "action_queries": queries}
         if "{propri}" in self.right_prompt_template:
             fields["propri"] = PROPRI_TOKEN
+        if "{images}" in self.right_prompt_template:
+            fields["images"] = VIEWS_SLOT
         return self.right_prompt_template.format(**fields)
 
     # ----------------------------------------------------------------------------------------------

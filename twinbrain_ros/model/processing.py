@@ -51,7 +51,7 @@ import numpy as np
 from twinbrain_ros.core.normalize import Normalizer
 from twinbrain_ros.core.types import Observation
 from twinbrain_ros.model import modeling as M
-from twinbrain_ros.model.configuration import ACTION_TOKEN, PROPRI_TOKEN, TwinBrainConfig
+from twinbrain_ros.model.configuration import ACTION_TOKEN, PROPRI_TOKEN, VIEWS_SLOT, TwinBrainConfig
 
 PROCESSOR_NAME = "processor.json"
 
@@ -371,10 +371,11 @@ def special_token_ids(tokenizer, *, right: bool = True) -> dict[str, int]:
 # Prompt text
 # --------------------------------------------------------------------------------------------------
 def chat_prompt(text: str, view_tokens: Sequence[int], system_prompt: str | None = None) -> str:
-    """One Qwen-VL user turn (every view first, then the text) and the assistant generation prompt.
+    """One Qwen-VL user turn (the views, then the text) and the assistant generation prompt.
 
     Args:
-        text: the brain's text (already formatted from its template).
+        text: the brain's text (already formatted from its template); where it holds the template's
+            ``{images}`` slot, the views go there instead of first.
         view_tokens: LLM image tokens of each view (one ``<|image_pad|>`` per token).
         system_prompt: optional system-turn text.
 
@@ -383,7 +384,8 @@ def chat_prompt(text: str, view_tokens: Sequence[int], system_prompt: str | None
     """
     views = "".join(f"{VISION_START}{IMAGE_PAD * n}{VISION_END}" for n in view_tokens)
     system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt is not None else ""
-    return f"{system}{IM_START}user\n{views}{text}{IM_END}\n{IM_START}assistant\n"
+    user = text.replace(VIEWS_SLOT, views) if VIEWS_SLOT in text else views + text
+    return f"{system}{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
 
 
 def reserved_tokens_in(text: str, reserved: Sequence[str]) -> list[str]:
@@ -692,7 +694,7 @@ def build_processor(
         raise ValueError(f"tokenizer ids disagree with the config (tokenizer, config): {wrong}")
     merge = int(config.backbone["vision_config"].get("spatial_merge_size", 2))
     reserved = tuple(
-        dict.fromkeys([*BASE_SPECIAL_TOKENS, *RIGHT_BRAIN_TOKENS, *tokenizer.all_special_tokens])
+        dict.fromkeys([*BASE_SPECIAL_TOKENS, *RIGHT_BRAIN_TOKENS, *tokenizer.all_special_tokens, VIEWS_SLOT])
     )
     steps: list[Step] = [
         CollectInputs(tuple(camera_names)),
