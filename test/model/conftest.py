@@ -176,6 +176,7 @@ class Helpers:
     tiny_qwen2_5_config = staticmethod(tiny_qwen2_5_config)
     make_batch = staticmethod(make_batch)
     random_images = staticmethod(random_images)
+    image_processor = staticmethod(image_processor)
     brain_args = staticmethod(brain_args)
 
 

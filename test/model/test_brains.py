@@ -8,11 +8,12 @@ import torch
 
 from twinbrain_ros.model import modeling as M
 from twinbrain_ros.model.brains import (
+    BatchedVisionAttention,
     LinearPatchEmbed,
     TwinBrains,
     causal_self_mask,
-    conv_patch_embedding,
     joint_mask,
+    stock_vision_kernels,
 )
 from twinbrain_ros.model.reference_impl import reference_forward
 
@@ -125,7 +126,7 @@ def test_left_brain_equals_stock_qwen3_vl_with_deepstack(tokenizer, helpers, att
     stock = _stock(cfg, brains.left.model.state_dict())
     out = _stock_forward(stock, batch, use_cache=True)
     left_args, _ = brains_args(batch)
-    with conv_patch_embedding(brains):  # the stock patch kernel: the rest must then be bit-identical
+    with stock_vision_kernels(brains):  # the stock patch kernel: the rest must then be bit-identical
         mine = brains.run_left(*left_args, output_hidden=True)
         fast_left = brains.run_left(*left_args)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
@@ -153,7 +154,7 @@ def test_left_brain_reference_mode_equals_stock_with_deepstack_dropped(tokenizer
     # A stock model *with* DeepStack mergers (as in the pretrained checkpoint); ours has none.
     stock = _stock(cfg, brains.left.model.state_dict(), strict=False)
     left_args, _ = brains_args(batch)
-    with conv_patch_embedding(brains):
+    with stock_vision_kernels(brains):
         mine = brains.run_left(*left_args, output_hidden=True)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
     with_deepstack = _stock_forward(stock, batch).last_hidden_state
@@ -179,7 +180,7 @@ def test_qwen2_5_vl_variant_builds_and_runs(setups):
     stock = _stock(cfg, brains.left.model.state_dict())
     out = _stock_forward(stock, batch)
     left_args, right_args = brains_args(batch)
-    with conv_patch_embedding(brains):
+    with stock_vision_kernels(brains):
         mine = brains.run_left(*left_args, output_hidden=True)
     valid = batch[M.LEFT_ATTENTION_MASK].bool()
     assert torch.equal(mine.hidden[valid], out.last_hidden_state[valid])
@@ -198,7 +199,7 @@ def test_linear_patch_embedding_equals_the_stock_conv3d(setups, family):
     pixels = batch[M.PIXEL_VALUES]
     stock = embed.proj(pixels.view(-1, embed.in_channels, *embed.kernel)).view(-1, embed.embed_dim)
     torch.testing.assert_close(embed(pixels), stock, atol=ATOL, rtol=ATOL)
-    with conv_patch_embedding(brains):
+    with stock_vision_kernels(brains):
         assert torch.equal(embed(pixels), stock)
     assert not embed.use_conv  # restored on exit
     # The matrix really is the kernel: a changed weight entry changes exactly one output column.
@@ -210,6 +211,49 @@ def test_linear_patch_embedding_equals_the_stock_conv3d(setups, family):
         finally:
             embed.proj.weight[3, 0, 0, 0, 0] -= 1.0
     assert changed[3] > DIFF and torch.all(torch.cat([changed[:3], changed[4:]]) < SAME)
+
+
+def test_batched_vision_attention_equals_the_per_image_loop(setups, helpers):
+    cfg, brains, _ = setups("qwen3_vl", "native")
+    visual = brains.right.model.visual
+    assert all(isinstance(block.attn, BatchedVisionAttention) for block in visual.blocks)
+    assert "visual.blocks.0.attn.qkv.weight" in brains.right.model.state_dict()  # checkpoint keys unchanged
+    proc = helpers.image_processor(cfg)
+    # Three equal views (one batched call), then views of two sizes (the stock loop).
+    mixed = helpers.random_images(4, 2) + helpers.random_images(5, 1, 160)
+    for images in (helpers.random_images(3, 3), mixed):
+        pix = proc(images=images, return_tensors="pt")
+        attn, seen = visual.blocks[0].attn, {}
+
+        def grab(module, args, kwargs, seen=seen):
+            seen.update(args=args, kwargs=kwargs)
+
+        hook = attn.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                visual(pix["pixel_values"], grid_thw=pix["image_grid_thw"])  # the tower's own inputs
+        finally:
+            hook.remove()
+        x, kwargs = seen["args"][0], seen["kwargs"]
+        first = int(pix["image_grid_thw"][0].prod())  # patches of image 0
+        uniform = len(set(pix["image_grid_thw"].prod(-1).tolist())) == 1
+        stock_forward = attn._stock_forward
+        if uniform:
+            attn._stock_forward = None  # the batched call must not need the stock loop
+        try:
+            fast = attn(x, **kwargs)
+        finally:
+            attn._stock_forward = stock_forward
+        with stock_vision_kernels(visual):
+            assert attn.use_stock
+            stock = attn(x, **kwargs)
+        assert not attn.use_stock
+        torch.testing.assert_close(fast, stock, atol=ATOL, rtol=ATOL)
+        # Attention stays within each image: changing image 0's patches leaves the other rows alone.
+        x2 = x.clone()
+        x2[:first] += 1.0
+        changed = row_change(attn(x2, **kwargs), fast)
+        assert changed[:first].min() > DIFF and changed[first:].max() < SAME
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twinbrain_ros.model.brains import TwinBrains, conv_patch_embedding
+from twinbrain_ros.model.brains import TwinBrains, stock_vision_kernels
 
 
 @dataclass
@@ -76,7 +76,7 @@ def vision(brain_model: nn.Module, pixel_values: torch.Tensor, grid: torch.Tenso
 
     The patch embedding runs as the stock ``Conv3d`` (the fast path uses the equal matrix product).
     """
-    with conv_patch_embedding(brain_model.visual):
+    with stock_vision_kernels(brain_model.visual):
         out = brain_model.visual(pixel_values, grid_thw=grid)
     if hasattr(out, "pooler_output"):
         return out.pooler_output, list(getattr(out, "deepstack_features", None) or [])
