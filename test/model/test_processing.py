@@ -16,12 +16,18 @@ from twinbrain_ros.model.configuration import VIEWS_SLOT, preset
 from twinbrain_ros.model.convert import placeholder_normalizers, tiny_config
 from twinbrain_ros.model.processing import (
     PROCESSOR_NAME,
+    RESIZED,
+    VIEW_TOKENS,
+    VIEWS,
+    PatchifyViews,
     ProcessorConfig,
     build_processor,
     build_small_tokenizer,
     chat_prompt,
     load_qwen3_tokenizer,
     load_tokenizer,
+    make_image_processor,
+    patchify_uniform,
     special_token_ids,
 )
 
@@ -197,6 +203,32 @@ def test_images_field_places_the_views_after_the_text(small_tok):
     # The slot is reserved: an instruction cannot smuggle it in.
     with pytest.raises(ValueError, match="reserved"):
         proc.preprocess([observation(emb, "go" + VIEWS_SLOT)])
+
+
+@pytest.mark.parametrize(
+    ("size", "pc"),
+    [
+        (128, ProcessorConfig(min_pixels=4096)),  # kept as it is: the vectorised path
+        (224, ProcessorConfig(min_pixels=4096, image_mean=(0.48, 0.46, 0.41), image_std=(0.27, 0.26, 0.28))),
+        (224, ProcessorConfig()),  # min_pixels 65536 upscales 224 to 256: the processor's own resize
+    ],
+)
+def test_vectorised_patchify_equals_the_image_processor(small_tok, size, pc):
+    emb = load_embodiment("so101")
+    ip = make_image_processor(tiny_config(small_tok, emb), pc)
+    rng = np.random.default_rng(size)
+    views = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(3)]
+    fast = patchify_uniform(views, ip)
+    assert (fast is None) == (pc.min_pixels > size * size)
+    data = {RESIZED: views, VIEWS: [views[:2], views[2:]]}
+    vec = PatchifyViews(ip, 2)(dict(data))
+    ref = PatchifyViews(ip, 2, vectorised=False)(dict(data))
+    # The same float32 values, bit for bit, in the same patch order.
+    np.testing.assert_array_equal(vec[M.PIXEL_VALUES], ref[M.PIXEL_VALUES])
+    np.testing.assert_array_equal(vec[M.IMAGE_GRID_THW], ref[M.IMAGE_GRID_THW])
+    assert vec[VIEW_TOKENS] == ref[VIEW_TOKENS]
+    # Mixed sizes are the processor's job.
+    assert patchify_uniform([views[0], views[1][: size // 2]], ip) is None
 
 
 def test_explicit_resize_bounds_image_tokens(small_tok):
