@@ -270,8 +270,8 @@ class LeRobotV3Source:
     read per miss (our writer uses 64-frame row groups; a read is ~8 ms, so the default bound holds
     a few GB of PNG bytes: our 1,600-episode demo dataset is 1.2 GB and, once read, stays). Decoded
     frames are kept too, up to ``decoded_cache_bytes``, so from the second epoch on a small dataset
-    costs no PNG decoding (~1 ms per 224x224 frame on one core here). Video features are listed in ``video_camera_names`` but
-    cannot be decoded here.
+    costs no PNG decoding (~1 ms per 224x224 frame on one core here). Video features are listed in
+    ``video_camera_names`` but cannot be decoded here.
 
     Args:
         root: the dataset directory.
