@@ -42,6 +42,7 @@ def synthetic_batch(
     *,
     seed: int = 0,
     instruction_tokens: tuple[int, ...] | None = None,
+    views_after_text: bool = False,
 ) -> dict[str, np.ndarray]:
     """A batch that fits ``profile``.
 
@@ -51,6 +52,8 @@ def synthetic_batch(
         seed: random seed (images, text ids, state).
         instruction_tokens: per-sample instruction lengths; default: sample 0 fills the bucket, the
             others are 3 tokens shorter each (so padding is exercised for B > 1).
+        views_after_text: lay the views out after the text (a template with ``{images}``: on the
+            right just before the action queries) instead of first.
 
     Returns:
         Numpy arrays under modeling's batch keys.
@@ -82,14 +85,18 @@ def synthetic_batch(
     lefts, rights = [], []
     for n in instruction_tokens:
         instruction = text(n)
-        lefts.append(text(CHAT_PREFIX) + views + instruction + text(CHAT_SUFFIX))
         state = text(2) + [spec.propri_token_id] if spec.state_in_right_brain else []
         queries: list[int] = []
         for k in range(spec.num_action_queries):
             queries += ([] if k == 0 else text(1)) + [spec.action_token_id]
-        rights.append(
-            text(CHAT_PREFIX) + views + text(2) + instruction + state + text(3) + queries + text(CHAT_SUFFIX)
-        )
+        if views_after_text:
+            lefts.append(text(CHAT_PREFIX) + instruction + views + text(CHAT_SUFFIX))
+            rights.append(text(CHAT_PREFIX) + text(2) + instruction + state + text(3) + views + queries
+                          + text(CHAT_SUFFIX))  # fmt: skip
+        else:
+            lefts.append(text(CHAT_PREFIX) + views + instruction + text(CHAT_SUFFIX))
+            rights.append(text(CHAT_PREFIX) + views + text(2) + instruction + state + text(3) + queries
+                          + text(CHAT_SUFFIX))  # fmt: skip
 
     def pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         length = max(len(r) for r in rows)
