@@ -39,6 +39,14 @@ def add_record_sim_arguments(p: argparse.ArgumentParser) -> None:
         help="record every seed once per task (the same scene with each instruction: language-contrastive "
         "pairs) instead of cycling tasks over consecutive seeds; --episodes still counts episodes",
     )
+    p.add_argument(
+        "--expert-rate-hz",
+        type=float,
+        default=None,
+        help="the scripted expert's command rate in sim time (default: the node's 30 Hz). It commands on "
+        "joint-state ticks (100 Hz), so 30 Hz becomes every 40 ms, which the 20 fps frames alias (a double "
+        "step every 4th frame); 20, 50 or 100 Hz divide both rates",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
@@ -85,11 +93,13 @@ def record_sim(
     real_time_factor: float = 1.0,
     log_dir: Path | None = None,
     each_task: bool = False,
+    expert_rate_hz: float | None = None,
 ) -> list[dict]:
     """Record ``episodes`` episodes; returns one summary dict per episode.
 
     Episode ``i`` uses seed ``seed + i`` and task ``tasks[i % len(tasks)]``, or with ``each_task`` seed
     ``seed + i // len(tasks)`` so that every scene is recorded once with each task's instruction.
+    ``expert_rate_hz`` sets the expert's command rate (and the recorder's expected action rate).
     """
     import rclpy
     from std_srvs.srv import SetBool, Trigger
@@ -103,6 +113,9 @@ def record_sim(
     data = {k: {"ros__parameters": dict(v)} for k, v in base.nodes.items()}
     data["recorder_node"]["ros__parameters"]["output_dir"] = str(Path(out).resolve())
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
+    if expert_rate_hz is not None:
+        data["expert_node"]["ros__parameters"]["rate_hz"] = float(expert_rate_hz)
+        data["recorder_node"]["ros__parameters"]["action_rate_hz"] = float(expert_rate_hz)
     tmp = Path(tempfile.mkdtemp(prefix="twinbrain_record_sim_"))
     (tmp / "record_sim.yaml").write_text(yaml.safe_dump(data))
     procs = run_background(
@@ -174,7 +187,7 @@ def record_sim_main(a: argparse.Namespace) -> int:
     tasks = [t for t in a.tasks.split(",") if t]
     res = record_sim(
         a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor,
-        each_task=a.each_task,
+        each_task=a.each_task, expert_rate_hz=a.expert_rate_hz,
     )
     n_ok = sum(r["success"] for r in res)
     print(f"record-sim: episodes={len(res)} success={n_ok}/{len(res)} out={a.out}")
