@@ -60,10 +60,12 @@ def test_record_sim_expert_rate(tmp_path, ros_domain, monkeypatch):
     from twinbrain_ros.data.sim_record import record_sim
 
     out = tmp_path / "episodes"
-    res = record_sim(str(out), 1, ["touch_blue_cube"], seed=3, real_time_factor=3.0,
+    res = record_sim(str(out), 2, ["touch_blue_cube"], seed=3, real_time_factor=3.0,
                      log_dir=tmp_path / "logs", expert_rate_hz=50.0)  # fmt: skip
-    assert res[0]["success"], res
-    (path,) = sorted(out.glob("episode_*.mcap"))
+    assert all(r["success"] for r in res), res
+    # The second episode: right after start-up the recorder can join the command stream late
+    # (discovery), which the converter rejects; the rate is what is checked here.
+    path = sorted(out.glob("episode_*.mcap"))[-1]
     stamps = [
         msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         for _topic, _t, msg in iter_messages(path, ["/teleop/joint_command"])
