@@ -82,6 +82,12 @@ def synthetic_batch(
     image = [spec.vision_start_token_id, *([spec.image_token_id] * profile.tokens_per_image(spec)),
              spec.vision_end_token_id]  # fmt: skip
     views = image * profile.num_cameras
+
+    def turn(head: list[int], body: list[int], tail: list[int] = ()) -> list[int]:
+        # One chat turn: the views before the body, or after it (a template with {images}).
+        user = body + views if views_after_text else views + body
+        return head + user + list(tail) + text(CHAT_SUFFIX)
+
     lefts, rights = [], []
     for n in instruction_tokens:
         instruction = text(n)
@@ -89,14 +95,8 @@ def synthetic_batch(
         queries: list[int] = []
         for k in range(spec.num_action_queries):
             queries += ([] if k == 0 else text(1)) + [spec.action_token_id]
-        if views_after_text:
-            lefts.append(text(CHAT_PREFIX) + instruction + views + text(CHAT_SUFFIX))
-            rights.append(text(CHAT_PREFIX) + text(2) + instruction + state + text(3) + views + queries
-                          + text(CHAT_SUFFIX))  # fmt: skip
-        else:
-            lefts.append(text(CHAT_PREFIX) + views + instruction + text(CHAT_SUFFIX))
-            rights.append(text(CHAT_PREFIX) + views + text(2) + instruction + state + text(3) + queries
-                          + text(CHAT_SUFFIX))  # fmt: skip
+        lefts.append(turn(text(CHAT_PREFIX), instruction))
+        rights.append(turn(text(CHAT_PREFIX), text(2) + instruction + state + text(3), queries))
 
     def pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         length = max(len(r) for r in rows)
