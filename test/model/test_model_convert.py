@@ -323,6 +323,24 @@ def test_make_tiny_deeper_brains_build_and_run(tmp_path, family):
         make_tiny_checkpoint(tmp_path / "bad", brain_layers=0)
 
 
+def test_make_tiny_right_prompt_template_moves_the_views_and_keeps_the_weights(tmp_path, capsys):
+    tpl = "Instruction: {instruction}\nState: {propri}\n{images}Action Query: {action_queries}"
+    base, opt = ["--embodiment", "so101_sim", "--seed", "3"], "--right-prompt-template"
+    make = lambda name, *extra: cli.make_tiny_main(  # noqa: E731
+        parse(cli.add_make_tiny_args, ["--out", str(tmp_path / name), *base, *extra])
+    )
+    assert make("d") == 0 and make("t", opt, tpl) == 0
+    plain, moved = load_checkpoint(tmp_path / "d"), load_checkpoint(tmp_path / "t")
+    assert moved.config.right_prompt_template == tpl and plain.config.right_prompt_template != tpl
+    a, b = plain.model.state_dict(), moved.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
+    obs = fake_observation(load_embodiment("so101_sim"))
+    chunk = Policy.load(tmp_path / "t").infer(obs, seed=0).positions
+    assert not np.allclose(chunk, Policy.load(tmp_path / "d").infer(obs, seed=0).positions)  # another prompt
+    assert make("b", opt, tpl.replace("Action", "{images}Action")) == 2
+    assert "at most once" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_smooth_vision_positions_give_both_brains_one_smooth_table(tmp_path):
     table = sincos_2d(16, 64)
     assert table.shape == (256, 64)

@@ -27,6 +27,7 @@ from twinbrain_ros.train.dataset import (
     episode_start_repeats,
     gripper_dims,
     open_source,
+    scene_partners,
     synthetic_source,
 )
 
@@ -176,6 +177,48 @@ def test_episode_starts_are_oversampled_and_the_sampler_stays_resumable():
     assert take(ResumableBatchSampler(12, 4, seed=2, repeats=rep, start=3), 2) == take(sampler, 5)[3:5]
     with pytest.raises(ValueError, match="repeats must be 12 non-negative integers"):
         ResumableBatchSampler(12, 4, repeats=np.ones(11, np.int64))
+
+
+def test_scene_partners_pair_the_same_moment_of_each_scene():
+    # 4 episodes (lengths 3, 2, 2, 4) = 2 scenes of 2 instructions each
+    episode = np.repeat([0, 1, 2, 3], [3, 2, 2, 4])
+    tasks = np.repeat([0, 1, 1, 0], [3, 2, 2, 4])
+    p = scene_partners(episode, tasks, 2)
+    assert p.shape == (11, 1)
+    # episode 0 (frames 0-2) <-> episode 1 (frames 3-4, the last one held), episode 2 (5-6) <-> 3 (7-10)
+    assert p[:, 0].tolist() == [3, 4, 4, 0, 1, 7, 8, 5, 6, 6, 6]
+    three = scene_partners(np.repeat([0, 1, 2], 2), np.array([0, 0, 1, 1, 2, 2]), 3)
+    assert three.tolist() == [[2, 4], [3, 5], [4, 0], [5, 1], [0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="do not split into scene groups of 2"):
+        scene_partners(np.repeat([0, 1, 2], 2), np.array([0, 0, 1, 1, 0, 0]), 2)
+    with pytest.raises(ValueError, match=r"scene groups \[1\] repeat a task"):
+        scene_partners(episode, np.repeat([0, 1, 1, 1], [3, 2, 2, 4]), 2)
+    with pytest.raises(ValueError, match="scene group must be an int >= 2"):
+        scene_partners(episode, tasks, 1)
+
+
+def test_sampler_with_partners_puts_every_drawn_frame_beside_its_partners():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    partners = ((np.arange(12) + 6) % 12)[:, None]  # frame i <-> i + 6
+    sampler = ResumableBatchSampler(12, 4, seed=3, partners=partners)
+    assert sampler.batches_per_epoch == 6  # 2 drawn frames per batch
+    batches = take(sampler, 8)
+    for b in batches:
+        assert len(b) == 4 and b[2:] == [(i + 6) % 12 for i in b[:2]]
+    assert sorted(sum((b[:2] for b in batches[:6]), [])) == list(range(12))  # each frame drawn once
+    assert take(ResumableBatchSampler(12, 4, seed=3, partners=partners, start=5), 3) == batches[5:8]
+    odd = take(ResumableBatchSampler(12, 5, seed=3, partners=partners), 1)[0]  # 3 drawn + 2 partners
+    assert len(odd) == 5 and odd[3:] == [(i + 6) % 12 for i in odd[:2]]
+    r0 = take(ResumableBatchSampler(12, 2, seed=1, rank=0, world_size=2, partners=partners), 1)[0]
+    r1 = take(ResumableBatchSampler(12, 2, seed=1, rank=1, world_size=2, partners=partners), 1)[0]
+    assert r0[0] != r1[0] and r0[1] == (r0[0] + 6) % 12 and r1[1] == (r1[0] + 6) % 12
+    with pytest.raises(ValueError, match="partners must be"):
+        ResumableBatchSampler(12, 4, partners=np.zeros((11, 1), np.int64))
+    with pytest.raises(ValueError, match="partners must index frames"):
+        ResumableBatchSampler(12, 4, partners=np.full((12, 1), 12))
 
 
 def test_collator_builds_the_model_batch(tiny_init, source):

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from twinbrain_ros.core.validation import ValidationError
 from twinbrain_ros.train.dataset import synthetic_source
 from twinbrain_ros.train.trainer import (
     OPTIMIZER_FILE,
@@ -260,6 +261,25 @@ def test_state_dropout_blanks_a_seeded_share_of_states(tiny_init, source, tmp_pa
     assert not torch.equal(trainer._drop_state({M.STATE: state.clone()})[M.STATE], out)
     plain = build_trainer(config(tmp_path / "p", tiny_init), source)
     assert torch.equal(plain._drop_state({M.STATE: state.clone()})[M.STATE], state)
+
+
+def test_scene_group_batches_hold_each_scene_under_both_instructions(tiny_init, source, tmp_path):
+    from twinbrain_ros.model import modeling as M
+
+    with pytest.raises(ValueError, match="scene_group"):
+        config(tmp_path, tiny_init, scene_group=0)
+    trainer = build_trainer(config(tmp_path, tiny_init, scene_group=2, batch_size=4), source)
+    ids = np.asarray(next(iter(trainer._sampler())))  # 2 drawn frames, then their partners
+    ep, task = source.episode_index[ids], source.task_index[ids]
+    # the synthetic source alternates its two instructions over episodes: scene k = episodes 2k, 2k + 1
+    assert (ep[2:] // 2 == ep[:2] // 2).all() and (ep[2:] != ep[:2]).all() and (task[2:] != task[:2]).all()
+    assert ((ids[2:] - ids[:2]) % 24 == 0).all()  # the same moment (24 frames per episode)
+    assert len(next(trainer._loader())[M.ACTIONS]) == 4
+    plain = build_trainer(config(tmp_path / "p", tiny_init, batch_size=4), source)
+    assert plain._sampler().partners is None
+    odd = synthetic_source(num_episodes=3, episode_length=24, joint_names=source.state_names)
+    with pytest.raises(ValidationError, match="--scene-group 2: 3 episodes do not split"):
+        build_trainer(config(tmp_path / "o", tiny_init, scene_group=2, batch_size=4), odd)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ def add_make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smooth-positions", action="store_true",
                    help="start the vision position table as a smooth 2-D sine/cosine code instead of "
                         "random (Qwen3-VL; helps brains trained from scratch localise things)")  # fmt: skip
+    p.add_argument("--right-prompt-template", default=None, metavar="TEMPLATE",
+                   help="the right brain's prompt, fields {instruction} {propri} {action_queries} and "
+                        "optionally {images} (where the views go; default: before the text)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -137,6 +140,7 @@ def make_tiny_main(a: argparse.Namespace) -> int:
             expert_width=a.expert_width, expert_layers=a.expert_layers,
             expert_state_token=a.expert_state_token, brain_layers=a.brain_layers, vision_depth=a.vision_depth,
             diffusion_repeats=a.diffusion_repeats, smooth_positions=a.smooth_positions,
+            right_prompt_template=a.right_prompt_template,
         )  # fmt: skip
     except (ValidationError, ValueError, FileExistsError, FileNotFoundError) as exc:
         return _fail(exc, "make-tiny")

@@ -420,6 +420,7 @@ def make_tiny_checkpoint(
     vision_depth: int | None = None,
     diffusion_repeats: int | None = None,
     smooth_positions: bool = False,
+    right_prompt_template: str | None = None,
 ) -> Path:
     """Write a random-init tiny checkpoint (small BPE tokenizer, placeholder statistics).
 
@@ -437,9 +438,14 @@ def make_tiny_checkpoint(
         vision_depth: vision-tower blocks of each brain (default 2).
         diffusion_repeats: noise/time draws per example in the training loss (default 1).
         smooth_positions: start the vision position table smooth (:func:`smooth_vision_positions`).
+        right_prompt_template: the right brain's prompt (None: the mode's default), e.g. with
+            ``{images}`` to put the views after the instruction; the weights do not depend on it.
 
     Returns:
         The directory.
+
+    Raises:
+        ValueError: on an invalid template or size.
     """
     emb = as_embodiment(embodiment)
     tok = build_small_tokenizer()
@@ -449,7 +455,9 @@ def make_tiny_checkpoint(
         "vision_depth": vision_depth, "diffusion_repeats": diffusion_repeats,
     }  # fmt: skip
     config = tiny_config(tok, emb, mode=mode, family=family, **sizes)
-    options = {**sizes, "smooth_positions": smooth_positions}
+    if right_prompt_template is not None:
+        config = dataclasses.replace(config, right_prompt_template=right_prompt_template)
+    options = {**sizes, "smooth_positions": smooth_positions, "right_prompt_template": right_prompt_template}
     set_options = [f"{k}={v}" for k, v in options.items() if v not in (None, False)]
     label = ", ".join([f"seed={seed}", *set_options])
     with torch.random.fork_rng(devices=[]):

@@ -38,6 +38,7 @@ _FIELDS = {
     "norm_stats": "norm_stats", "image_size": "image_size",
     "find_unused_parameters": "find_unused_parameters", "state_dropout": "state_dropout",
     "start_repeats": "start_repeats", "start_seconds": "start_seconds", "ema_decay": "ema_decay",
+    "scene_group": "scene_group",
 }  # fmt: skip
 
 
@@ -90,6 +91,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "the images and the instruction (default 1 = uniform)")  # fmt: skip
     g.add_argument("--start-seconds", type=float, default=None,
                    help="length of the oversampled episode start, s (default 0.5)")  # fmt: skip
+    g.add_argument("--scene-group", type=int, default=None,
+                   help="consecutive groups of this many episodes show one scene under different "
+                        "instructions (record-sim --each-task); every batch then holds each drawn "
+                        "frame with that moment of its scene's other episodes (default 1 = off)")  # fmt: skip
     g.add_argument("--ema-decay", type=float, default=None,
                    help="save an exponential moving average of the trainable weights with this decay as "
                         "the checkpoint's model, e.g. 0.999 (default 0 = off; the live weights are kept "

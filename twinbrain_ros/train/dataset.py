@@ -714,6 +714,46 @@ def episode_start_repeats(
     return out
 
 
+def scene_partners(episode_index: np.ndarray, task_index: np.ndarray, group: int) -> np.ndarray:
+    """Per frame, the same moment of the other episodes of its scene: an (N, group - 1) index array.
+
+    ``twinbrain record-sim --each-task`` records every scene once per task, back to back, so
+    consecutive groups of ``group`` episodes show one scene under ``group`` different instructions.
+    Frame ``t`` seconds into an episode is paired with the frame at the same offset of each other
+    episode of its group (the last frame where that episode is shorter). At the start of the episodes
+    the paired frames show the same images and state under different instructions with different
+    targets: in one batch, only the instruction explains the difference.
+
+    Raises:
+        ValueError: if the episodes do not split into groups of ``group``, or a group repeats a task.
+    """
+    ep = np.asarray(episode_index).reshape(-1)
+    tasks = np.asarray(task_index).reshape(-1)
+    if isinstance(group, bool) or not isinstance(group, int | np.integer) or group < 2:
+        raise ValueError(f"scene group must be an int >= 2, got {group!r}")
+    starts = episode_starts(ep)
+    n_eps = len(starts)
+    if n_eps % group:
+        raise ValueError(f"{n_eps} episodes do not split into scene groups of {group}")
+    lengths = np.diff(np.r_[starts, ep.size])
+    clash = [
+        int(g) for g in range(n_eps // group) if len(set(tasks[starts[g * group : (g + 1) * group]])) < group
+    ]
+    if clash:
+        raise ValueError(
+            f"scene groups {clash[:5]}{'...' if len(clash) > 5 else ''} repeat a task: consecutive groups "
+            f"of {group} episodes must be one scene under {group} different instructions"
+        )
+    which = np.repeat(np.arange(n_eps), lengths)  # (N,) episode number of each frame
+    offset = np.arange(ep.size) - starts[which]
+    first_of_group = which - which % group
+    out = np.empty((ep.size, group - 1), np.int64)
+    for k in range(1, group):
+        other = first_of_group + (which - first_of_group + k) % group
+        out[:, k - 1] = starts[other] + np.minimum(offset, lengths[other] - 1)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling order (resumable, sharded across processes)
 # --------------------------------------------------------------------------------------------------
@@ -722,6 +762,9 @@ class ResumableBatchSampler:
 
     With ``repeats`` (one non-negative integer per frame), an epoch holds frame ``i`` ``repeats[i]``
     times (``episode_start_repeats`` oversamples the first moments of each episode this way).
+    With ``partners`` ((num_samples, G - 1) frame indices, see ``scene_partners``), each batch holds
+    ``ceil(batch_size / G)`` frames of the permutation followed by their partners, cut to
+    ``batch_size``: the same moment of one scene under every instruction.
 
     Epoch ``e`` shuffles all frames with ``numpy.random.default_rng([seed, e])``; its global batches
     of ``batch_size * world_size`` frames are cut in order (the rest of the epoch is dropped) and process
@@ -735,6 +778,8 @@ class ResumableBatchSampler:
         rank: this process's index.
         world_size: number of processes.
         start: index of the first batch to yield (batches already consumed).
+        repeats: per-frame repeat counts of an epoch.
+        partners: per-frame partner frames to add to each drawn frame.
 
     Raises:
         ValueError: if one global batch does not fit into the dataset.
@@ -742,7 +787,7 @@ class ResumableBatchSampler:
 
     def __init__(
         self, num_samples: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-        start: int = 0, repeats: np.ndarray | None = None,
+        start: int = 0, repeats: np.ndarray | None = None, partners: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start < 0:
             raise ValueError(
@@ -750,13 +795,23 @@ class ResumableBatchSampler:
                 f"start={start}"
             )
         self.population: np.ndarray | None = None
+        self.partners: np.ndarray | None = None
+        self.drawn = batch_size  # frames taken from the permutation per batch
+        if partners is not None:
+            partners = np.asarray(partners)
+            if partners.ndim != 2 or partners.shape[0] != num_samples or partners.dtype.kind not in "iu":
+                raise ValueError(f"partners must be ({num_samples}, G - 1) integers, got {partners.shape}")
+            if partners.size and not (0 <= partners.min() and partners.max() < num_samples):
+                raise ValueError(f"partners must index frames in [0, {num_samples})")
+            self.partners = partners
+            self.drawn = -(-batch_size // (partners.shape[1] + 1))
         if repeats is not None:
             repeats = np.asarray(repeats)
             if repeats.shape != (num_samples,) or repeats.dtype.kind not in "iu" or (repeats < 0).any():
                 raise ValueError(f"repeats must be {num_samples} non-negative integers, got {repeats.shape}")
             self.population = np.repeat(np.arange(num_samples), repeats)
             num_samples = len(self.population)
-        self.global_batch = batch_size * world_size
+        self.global_batch = self.drawn * world_size  # permutation entries per global batch
         if num_samples < self.global_batch:
             raise ValueError(
                 f"the dataset has {num_samples} frames, fewer than one global batch "
@@ -779,8 +834,11 @@ class ResumableBatchSampler:
             e, pos = divmod(m, self.batches_per_epoch)
             if e != epoch:
                 epoch, perm = e, self.permutation(e)
-            lo = pos * self.global_batch + self.rank * self.batch_size
-            yield perm[lo : lo + self.batch_size].tolist()
+            lo = pos * self.global_batch + self.rank * self.drawn
+            drawn = perm[lo : lo + self.drawn]
+            if self.partners is not None:
+                drawn = np.concatenate([drawn, self.partners[drawn].T.reshape(-1)])[: self.batch_size]
+            yield drawn.tolist()
             m += 1
 
 

@@ -64,6 +64,7 @@ from twinbrain_ros.train.dataset import (
     dataset_fingerprint,
     episode_start_repeats,
     gripper_dims,
+    scene_partners,
 )
 
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -143,6 +144,9 @@ class TrainConfig:
         state_dropout: share of samples whose normalised state is blanked (see ``Trainer._drop_state``).
         start_repeats: sample the first ``start_seconds`` of every episode this many times as often.
         start_seconds: length of the oversampled episode start.
+        scene_group: consecutive groups of this many episodes are one scene under as many
+            instructions (``record-sim --each-task``); each batch then pairs every drawn frame with
+            the same moment of its scene's other episodes (1: no pairing).
         ema_decay: keep an exponential moving average of the trainable weights with this decay
             (0 disables). With it, a checkpoint's ``model.safetensors`` holds the averaged weights
             (what a policy loads) and ``online_weights.safetensors`` the optimiser's own (what a
@@ -183,6 +187,7 @@ class TrainConfig:
     state_dropout: float = 0.0
     start_repeats: int = 1
     start_seconds: float = 0.5
+    scene_group: int = 1
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -226,6 +231,9 @@ class TrainConfig:
         repeats = self.start_repeats
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             problems.append(f"start_repeats must be an int >= 1, got {self.start_repeats!r}")
+        group = self.scene_group
+        if isinstance(group, bool) or not isinstance(group, int) or not 1 <= group <= self.batch_size:
+            problems.append(f"scene_group must be an int in [1, batch_size], got {self.scene_group!r}")
         if not isinstance(self.start_seconds, int | float) or not 0.0 < self.start_seconds < math.inf:
             problems.append(f"start_seconds must be a finite number > 0, got {self.start_seconds!r}")
         if not isinstance(self.ema_decay, int | float) or not 0.0 <= self.ema_decay < 1.0:
@@ -848,16 +856,22 @@ class Trainer:
         self._metrics_file = None
 
     # -- data --------------------------------------------------------------------------------------
+    def _sampler(self) -> ResumableBatchSampler:
+        """This process's batch order from the current micro-step (start oversampling, scene pairs)."""
+        rt, cfg, src = self.runtime, self.config, self.dataset.source
+        repeats = partners = None
+        if cfg.start_repeats > 1:
+            repeats = episode_start_repeats(src.episode_index, src.fps, cfg.start_seconds, cfg.start_repeats)
+        if cfg.scene_group > 1:
+            partners = scene_partners(src.episode_index, src.task_index, cfg.scene_group)
+        return ResumableBatchSampler(
+            len(self.dataset), cfg.batch_size, seed=cfg.seed, rank=rt.process_index,
+            world_size=rt.num_processes, start=self.micro_step, repeats=repeats, partners=partners,
+        )  # fmt: skip
+
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
         rt, cfg = self.runtime, self.config
-        repeats = None
-        if cfg.start_repeats > 1:
-            src = self.dataset.source
-            repeats = episode_start_repeats(src.episode_index, src.fps, cfg.start_seconds, cfg.start_repeats)
-        sampler = ResumableBatchSampler(
-            len(self.dataset), cfg.batch_size, seed=cfg.seed, rank=rt.process_index,
-            world_size=rt.num_processes, start=self.micro_step, repeats=repeats,
-        )  # fmt: skip
+        sampler = self._sampler()
         # Own generator: the DataLoader must not draw from the global RNG (dropout) when it starts.
         gen = torch.Generator().manual_seed(cfg.seed)
         loader = torch.utils.data.DataLoader(
@@ -1332,6 +1346,11 @@ def build_trainer(
     problems += check_source(
         source, joint_names=emb.joint_names, action_dim=model_cfg.action_expert.action_dim, cameras=cameras
     )
+    if config.scene_group > 1 and not problems:
+        try:
+            scene_partners(source.episode_index, source.task_index, config.scene_group)
+        except ValueError as err:
+            problems.append(f"--scene-group {config.scene_group}: {err}")
     if problems:
         raise ValidationError(problems)
     binary = gripper_dims(emb.joint_names) if config.binary_gripper else []
