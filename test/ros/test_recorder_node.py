@@ -186,8 +186,13 @@ def test_start_stop_discard_success_and_gap(tmp_path, start_node, contract, tele
     from twinbrain_ros.data import mcap_episode as me
 
     out = tmp_path / "episodes"
+    teleop.paused.add("leader")  # the leader arm is not on yet: the recorder says what it still waits for
     node = start_node(MODULE, NODE, _params(contract[1], out))
     teleop.wait_connected()
+    heard = lambda want: teleop.status and teleop.status[-1].get("waiting_for") == want  # noqa: E731
+    assert wait_for(lambda: heard(["/leader/joint_states"]), 10.0), teleop.status[-1:]
+    teleop.paused.discard("leader")
+    assert wait_for(lambda: heard([]), 10.0), teleop.status[-1:]
     assert not teleop.mark_success(True).success  # nothing recording yet
     r = teleop.start(instruction="")
     assert not r.success and "instruction" in r.message

@@ -71,6 +71,26 @@ def _wait_for_command(node, received: list, timeout: float) -> None:
         raise RuntimeError(f"the expert sent no command within {timeout} s of the reset")
 
 
+def _wait_for_recorder(node, latest: dict, timeout: float) -> None:
+    """Spin until the recorder's ``~/status`` says it hears every topic it records.
+
+    Right after start-up, DDS discovery can match the recorder to the expert's command topic a second
+    after the driver itself hears the commands: an episode started then misses its first actions
+    (the converter rejects it). ``latest`` holds the newest status JSON (filled by a subscription).
+    """
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        waiting = latest.get("waiting_for")
+        if waiting == []:
+            return
+        rclpy.spin_once(node, timeout_sec=0.02)
+    raise RuntimeError(
+        f"the recorder did not hear {latest.get('waiting_for', 'anything (no status)')} within {timeout} s"
+    )
+
+
 def _call(node, client, request, timeout: float = 15.0):
     import rclpy
 
@@ -102,6 +122,7 @@ def record_sim(
     ``expert_rate_hz`` sets the expert's command rate (and the recorder's expected action rate).
     """
     import rclpy
+    from std_msgs.msg import String
     from std_srvs.srv import SetBool, Trigger
 
     from twinbrain_ros.bringup import load_profile, plan, run_background, stop_all
@@ -128,8 +149,9 @@ def record_sim(
     start = node.create_client(StartEpisode, "/recorder_node/start")
     stop = node.create_client(Trigger, "/recorder_node/stop")
     mark = node.create_client(SetBool, "/recorder_node/mark_success")
-    # The recorder starts only once the expert's commands flow: right after start-up, discovery can
-    # leave the first episode's action stream a second late, and the converter rightly rejects that.
+    # The recorder starts only once the expert's commands flow and the recorder reports hearing every
+    # topic it records: right after start-up, discovery can leave the first episode's action stream a
+    # second late (the driver hears the commands before the recorder does), which the converter rejects.
     expert = data["expert_node"]["ros__parameters"]
     commands: list = []
     subscribe_joint_commands(
@@ -140,6 +162,10 @@ def record_sim(
         on_command=lambda _q: commands.append(True),
         on_reject=lambda _why: commands.append(True),  # flowing, if malformed: the recorder reports it
     )
+    recorder_status: dict = {}
+    node.create_subscription(
+        String, "/recorder_node/status", lambda m: recorder_status.update(json.loads(m.data)), 10
+    )
     results = []
     try:
         for i, (ep_seed, task) in enumerate(episode_plan(episodes, tasks, seed, each_task)):
@@ -148,6 +174,7 @@ def record_sim(
                 raise RuntimeError(f"reset failed: {r.message}")
             commands.clear()
             _wait_for_command(node, commands, timeout=15.0)
+            _wait_for_recorder(node, recorder_status, timeout=15.0)
             s = _call(node, start, StartEpisode.Request(instruction=r.instruction, task=task))
             if not s.success:
                 raise RuntimeError(f"recorder did not start: {s.message}")

@@ -19,7 +19,8 @@ Services:
     ~/discard (std_srvs/Trigger): drop the episode being recorded.
     ~/mark_success (std_srvs/SetBool): set the current episode's success flag (true/false).
 Topic:
-    ~/status (std_msgs/String, JSON): state, episode, elapsed time, counts, silent topics, errors.
+    ~/status (std_msgs/String, JSON): state, episode, elapsed time, counts, silent topics, errors, and
+        ``waiting_for``: the recorded topics not heard from since start-up (start once it is empty).
 
 Usage:
     python -m twinbrain_ros.nodes.recorder_node --ros-args --params-file config/recorder.yaml
@@ -154,6 +155,7 @@ class RecorderNode(Node):
         self.last_episode = ""
         self._warned_silent: set[str] = set()
         self._topics = self._plan_topics()
+        self._heard: set[str] = set()  # topics that delivered a message since start-up (recording or not)
         from std_msgs.msg import String
 
         self._status_pub = self.create_publisher(String, "~/status", 10)
@@ -262,6 +264,7 @@ class RecorderNode(Node):
 
     def _on_message(self, t: _Topic, data: bytes) -> None:
         with self._lock:
+            self._heard.add(t.resolved)
             w = self.writer
             if w is None:
                 return
@@ -464,6 +467,9 @@ class RecorderNode(Node):
                 "output_dir": str(self.out_dir),
                 "last_episode": self.last_episode,
                 "last_error": self.last_error,
+                # recorded topics not heard from since start-up: an episode started now would miss
+                # their first messages (discovery still under way, or nothing publishes them)
+                "waiting_for": sorted(t.resolved for t in self._topics if t.resolved not in self._heard),
             }
             if w is not None:
                 now = self._now_ns()
