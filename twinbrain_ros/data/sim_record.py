@@ -82,8 +82,7 @@ def _wait_for_recorder(node, latest: dict, timeout: float) -> None:
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        waiting = latest.get("waiting_for")
-        if waiting == []:
+        if latest.get("waiting_for") == []:
             return
         rclpy.spin_once(node, timeout_sec=0.02)
     raise RuntimeError(

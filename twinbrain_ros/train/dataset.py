@@ -767,8 +767,9 @@ class ResumableBatchSampler:
     ``batch_size``: the same moment of one scene under every instruction.
 
     Epoch ``e`` shuffles all frames with ``numpy.random.default_rng([seed, e])``; its global batches
-    of ``batch_size * world_size`` frames are cut in order (the rest of the epoch is dropped) and process
-    ``rank`` takes its slice of each. Batch ``m`` is a pure function of (seed, m, rank, world_size), so a
+    of ``drawn * world_size`` entries (``drawn`` = ``batch_size``, or ``ceil(batch_size / G)`` with
+    partners) are cut in order (the rest of the epoch is dropped) and process ``rank`` takes its slice
+    of each. Batch ``m`` is a pure function of (seed, m, rank, world_size), so a
     resumed run sees exactly the batches an uninterrupted one would.
 
     Args:
@@ -815,7 +816,7 @@ class ResumableBatchSampler:
         if num_samples < self.global_batch:
             raise ValueError(
                 f"the dataset has {num_samples} frames, fewer than one global batch "
-                f"({batch_size} x {world_size} processes)"
+                f"({self.drawn} drawn x {world_size} processes)"
             )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.start = rank, world_size, start
