@@ -224,6 +224,14 @@ def plot_joints(path: Path, names, tel: Telemetry, title: str) -> Path | None:
     return path
 
 
+def _side_by_side(frames: list[np.ndarray]) -> np.ndarray:
+    """The views of one instant in a row (each padded to the tallest), for the strip and the GIF."""
+    if len(frames) == 1:
+        return frames[0]
+    h = max(f.shape[0] for f in frames)
+    return np.concatenate([np.pad(f, ((0, h - f.shape[0]), (0, 0), (0, 0))) for f in frames], axis=1)
+
+
 def save_camera(out: Path, frames: list[np.ndarray], fps: float) -> tuple[Path | None, Path | None]:
     """A strip of 8 evenly spaced frames (PNG) and the whole episode as an animated GIF."""
     if not frames:
@@ -271,12 +279,12 @@ def run_in_process(
 
     policy = Policy.load(model_dir, num_threads=num_threads, seed=policy_seed, chunk_lead_s=chunk_lead_s)
     emb = policy.embodiment
-    cam = emb.cameras[0]
+    cams = emb.cameras
     rates = emb.rates
     policy.warmup(2)
     tel = Telemetry()
     results = []
-    env = SimEnv(offscreen=(max(640, cam.width), max(480, cam.height)))
+    env = SimEnv(offscreen=(max([640] + [c.width for c in cams]), max([480] + [c.height for c in cams])))
     env.check_embodiment(emb)
     control_dt = 1.0 / rates.control_hz
     frame_dt = 1.0 / rates.camera_hz
@@ -298,7 +306,7 @@ def run_in_process(
             t = 0.0
             ctl.initialize(env.joint_positions(), t)
             next_frame = next_infer = next_control = 0.0
-            frame = None
+            views: dict[str, np.ndarray] | None = None
             pending: list[tuple[float, Any]] = []
             prev_chunk = None
             n_chunks = 0
@@ -306,12 +314,12 @@ def run_in_process(
             nearest = dict.fromkeys(env.suite.object_names, np.inf)
             while t < limit:
                 if t >= next_frame - 1e-9:
-                    frame = env.render(cam.name, cam.width, cam.height)
+                    views = {c.name: env.render(c.name, c.width, c.height) for c in cams}
                     if ep == 0:
-                        tel.frames.append(frame)
+                        tel.frames.append(_side_by_side(list(views.values())))
                     next_frame += frame_dt
-                if t >= next_infer - 1e-9 and frame is not None:
-                    obs = Observation(images={cam.name: frame}, state=env.joint_positions(),
+                if t >= next_infer - 1e-9 and views is not None:
+                    obs = Observation(images=views, state=env.joint_positions(),
                                       joint_names=emb.joint_names, instruction=info.instruction,
                                       stamp=t)  # fmt: skip
                     chunk = policy.infer(obs, seed=noise_seed)
@@ -432,6 +440,9 @@ def run_ros(
     if min_inference_rate_hz is not None:
         pol["min_inference_rate_hz"] = float(min_inference_rate_hz)
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
+    for params in data.values():  # every node on the checkpoint's contract (its cameras, e.g. a wrist view)
+        if "embodiment" in params["ros__parameters"]:
+            params["ros__parameters"]["embodiment"] = str((Path(model_dir) / "embodiment.yaml").resolve())
     first_task, first_seed = episodes[0]
     data["sim_node"]["ros__parameters"].update(task=first_task, seed=int(first_seed))
     tmp = Path(tempfile.mkdtemp(prefix="twinbrain_eval_sim_"))

@@ -72,3 +72,30 @@ def test_record_sim_expert_rate(tmp_path, ros_domain, monkeypatch):
         ]
         dt = np.diff(stamps)
         assert len(stamps) > 20 and abs(float(np.median(dt)) - 0.02) < 2e-3, (path.name, np.round(dt[:20], 4))
+
+
+def test_record_sim_wrist_contract_records_both_cameras(tmp_path, ros_domain, monkeypatch):
+    """--embodiment so101_sim_wrist reaches every node: the sim renders the wrist view, the recorder too."""
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    from twinbrain_ros.data.convert import ConvertOptions, convert_episodes
+    from twinbrain_ros.data.mcap_episode import iter_messages
+    from twinbrain_ros.data.sim_record import record_sim
+
+    out = tmp_path / "episodes"
+    res = record_sim(str(out), 1, ["touch_red_cube"], seed=11, real_time_factor=3.0,
+                     log_dir=tmp_path / "logs", embodiment="so101_sim_wrist")  # fmt: skip
+    assert res[0]["success"], res
+    (path,) = sorted(out.glob("episode_*.mcap"))
+    counts = {"/camera/front/image_raw": 0, "/camera/wrist/image_raw": 0}
+    for topic, _t, msg in iter_messages(path, list(counts)):
+        counts[topic] += 1
+        assert (msg.width, msg.height) == (224, 224)
+    assert min(counts.values()) > 10, counts
+    ds = tmp_path / "dataset"
+    convert_episodes([str(out)], str(ds), ConvertOptions(embodiment="so101_sim_wrist",
+                                                         action_topic="teleop/joint_command"))  # fmt: skip
+    info = json.loads((ds / "meta" / "info.json").read_text())
+    assert info["robot_type"] == "so101_sim_wrist"
+    assert {"observation.images.front", "observation.images.wrist"} <= set(info["features"])
+    with pytest.raises(Exception, match="nope"):
+        record_sim(str(tmp_path / "x"), 1, ["touch_red_cube"], embodiment="nope")

@@ -55,6 +55,18 @@ def test_suite_validation_names_every_problem():
     assert len(e.value.problems) >= 4
 
 
+def test_suite_validation_names_bad_cameras():
+    data = yaml.safe_load(open(load_task_suite().source))
+    bad = copy.deepcopy(data)
+    bad["scene"]["cameras"]["wrist"]["mount"] = "elbow"
+    bad["scene"]["cameras"]["front"]["up"] = [-0.29, 0.10, -0.34]  # along the view direction
+    with pytest.raises(ValidationError) as e:
+        parse_task_suite(bad, "bad.yaml")
+    msg = str(e.value)
+    assert "scene.cameras.wrist.mount must be one of ['world', 'tcp'], got 'elbow'" in msg
+    assert "scene.cameras.front: up" in msg and "parallel to the view direction" in msg
+
+
 # --- scene --------------------------------------------------------------------------------------------------
 
 
@@ -64,11 +76,39 @@ def test_scene_uses_installed_robot_and_contract_fits(env):
     env.check_embodiment(load_embodiment("so101_sim"))
     env.check_embodiment(load_embodiment("so101"))
     d = load_embodiment("so101_sim").to_dict()
-    d["cameras"][0]["name"] = "wrist"
+    d["cameras"][0]["name"] = "top"
     d["joints"][0], d["joints"][1] = d["joints"][1], d["joints"][0]
     with pytest.raises(ValidationError) as e:
         env.check_embodiment(parse_embodiment(d))
-    assert "joint order differs" in str(e.value) and "cameras ['wrist']" in str(e.value)
+    assert "joint order differs" in str(e.value) and "cameras ['top']" in str(e.value)
+
+
+def test_wrist_camera_rides_on_the_tool_point_frame(env):
+    """The suite's ``mount: tcp`` camera sits at its pos in the tcp frame and looks at its lookat there."""
+    import mujoco
+
+    env.check_embodiment(load_embodiment("so101_sim_wrist"))
+    spec = {c.name: c for c in env.suite.scene.cameras}
+    wrist, front = spec["wrist"], spec["front"]
+    assert wrist.mount == "tcp" and front.mount == "world"
+    cam, fcam = env.scene.camera_ids["wrist"], env.scene.camera_ids["front"]
+    env.reset(0)
+    before = env.render("wrist", 96, 96)
+    for q in (env.joint_positions(), env.joint_positions() + np.array([0.5, 0.4, -0.3, 0.2, 0.6, 0.0])):
+        env.set_joint_targets(q)
+        env.step(0.6)
+        mujoco.mj_forward(env.model, env.data)
+        tcp = env.scene.tcp_site
+        p_tcp, r_tcp = env.data.site_xpos[tcp], env.data.site_xmat[tcp].reshape(3, 3)
+        np.testing.assert_allclose(env.data.cam_xpos[cam], p_tcp + r_tcp @ np.array(wrist.pos), atol=1e-6)
+        r_cam = env.data.cam_xmat[cam].reshape(3, 3)  # columns: image right, image up, backwards
+        look = p_tcp + r_tcp @ np.array(wrist.lookat) - env.data.cam_xpos[cam]
+        np.testing.assert_allclose(-r_cam[:, 2], look / np.linalg.norm(look), atol=1e-6)
+        up = r_tcp @ np.array(wrist.up)
+        assert r_cam[:, 1] @ up > 0 and abs(r_cam[:, 0] @ up) < 1e-6  # up shows as up, no roll
+        np.testing.assert_allclose(env.data.cam_xpos[fcam], front.pos, atol=1e-12)  # fixed camera stays
+    after = env.render("wrist", 96, 96)
+    assert before.std() > 5 and np.abs(after.astype(int) - before).mean() > 5  # it moved with the hand
 
 
 def test_cluster_mesh_simplifies():
@@ -216,7 +256,7 @@ def test_render_shape_dtype_and_content(env):
     env.step(0.5)
     assert np.abs(env.render("front", 224, 224).astype(int) - small).mean() > 0.5
     with pytest.raises(KeyError, match="front"):
-        env.render("wrist")
+        env.render("top")
 
 
 def test_render_mesh_simplification_keeps_physics(env):

@@ -71,6 +71,22 @@ def test_inprocess_episode_reports_the_object_the_tool_point_reached(tmp_path):
     assert expected(10.0, fast), (fast.chunks, fast.episode_s)
 
 
+def test_inprocess_episode_feeds_every_contract_camera(tmp_path):
+    """A wrist-camera contract: both views reach the policy and the first episode's frames show both."""
+    from twinbrain_ros.evaluation import run_in_process
+    from twinbrain_ros.model.convert import make_tiny_checkpoint
+    from twinbrain_ros.policy import Policy
+
+    model = make_tiny_checkpoint(tmp_path / "tiny", embodiment="so101_sim_wrist", seed=0)
+    assert Policy.load(model).embodiment.camera_names == ("front", "wrist")
+    (r,), tel = run_in_process(str(model), [("touch_blue_cube", 3)], num_threads=1, progress=False)
+    assert r.chunks > 0 and tel.frames
+    frame = tel.frames[0]
+    assert frame.shape == (224, 448, 3)  # front | wrist
+    front, wrist = frame[:, :224], frame[:, 224:]
+    assert front.std() > 5 and wrist.std() > 5 and np.abs(front.astype(int) - wrist).mean() > 10
+
+
 # --------------------------------------------------------------------------------------------------
 # tune-lead
 # --------------------------------------------------------------------------------------------------

@@ -47,6 +47,12 @@ def add_record_sim_arguments(p: argparse.ArgumentParser) -> None:
         "joint-state ticks (100 Hz), so 30 Hz becomes every 40 ms, which the 20 fps frames alias (a double "
         "step every 4th frame); 20, 50 or 100 Hz divide both rates",
     )
+    p.add_argument(
+        "--embodiment",
+        default=None,
+        help="embodiment contract (name or YAML path) for every node, e.g. so101_sim_wrist to record the "
+        "wrist camera too (default: the record_sim profile's so101_sim)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
@@ -113,12 +119,14 @@ def record_sim(
     log_dir: Path | None = None,
     each_task: bool = False,
     expert_rate_hz: float | None = None,
+    embodiment: str | None = None,
 ) -> list[dict]:
     """Record ``episodes`` episodes; returns one summary dict per episode.
 
     Episode ``i`` uses seed ``seed + i`` and task ``tasks[i % len(tasks)]``, or with ``each_task`` seed
     ``seed + i // len(tasks)`` so that every scene is recorded once with each task's instruction.
     ``expert_rate_hz`` sets the expert's command rate (and the recorder's expected action rate).
+    ``embodiment`` replaces the profile's contract in every node (the recorder records its cameras).
     """
     import rclpy
     from std_msgs.msg import String
@@ -133,6 +141,10 @@ def record_sim(
     data = {k: {"ros__parameters": dict(v)} for k, v in base.nodes.items()}
     data["recorder_node"]["ros__parameters"]["output_dir"] = str(Path(out).resolve())
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
+    if embodiment is not None:
+        load_embodiment(embodiment)  # fail here, naming the field, rather than in three nodes' logs
+        for params in data.values():
+            params["ros__parameters"]["embodiment"] = str(embodiment)
     if expert_rate_hz is not None:
         data["expert_node"]["ros__parameters"]["rate_hz"] = float(expert_rate_hz)
         data["recorder_node"]["ros__parameters"]["action_rate_hz"] = float(expert_rate_hz)
@@ -213,7 +225,7 @@ def record_sim_main(a: argparse.Namespace) -> int:
     tasks = [t for t in a.tasks.split(",") if t]
     res = record_sim(
         a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor,
-        each_task=a.each_task, expert_rate_hz=a.expert_rate_hz,
+        each_task=a.each_task, expert_rate_hz=a.expert_rate_hz, embodiment=a.embodiment,
     )
     n_ok = sum(r["success"] for r in res)
     print(f"record-sim: episodes={len(res)} success={n_ok}/{len(res)} out={a.out}")

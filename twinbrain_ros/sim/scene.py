@@ -11,6 +11,8 @@ Additions to the robot, made on the ``MjSpec`` before compiling (the shipped fil
 
 - a ``tcp`` site on the ``gripper`` body, midway between the two fingertip pads when the jaw is at
   :data:`GRASP_JAW_ANGLE`: the tool point used by the tasks' success predicates and by the expert;
+- the cameras the suite mounts in the tool-point frame (``mount: tcp``, a wrist camera), on the
+  ``gripper`` body;
 - gravity compensation (``gravcomp``) on every arm body when the suite asks for it, standing in for
   the stiff position loop of the real STS3215 servos (the MJCF's kp = 17.8 alone sags under gravity);
 - the cubes collide with the fingertip pads (collision bit 2), which the shipped MJCF leaves inert:
@@ -134,18 +136,18 @@ def _simplify_visual_meshes(spec: mujoco.MjSpec, assets: Path, cell: float) -> N
         g.meshname = made[src]
 
 
-def camera_xyaxes(pos, lookat) -> np.ndarray:
-    """MJCF ``xyaxes`` (6,) of a camera at ``pos`` looking at ``lookat`` with world z up.
+def camera_xyaxes(pos, lookat, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """MJCF ``xyaxes`` (6,) of a camera at ``pos`` looking at ``lookat``, ``up`` showing as up.
 
     Raises:
-        ValueError: if the camera looks straight up or down (the view's roll is then undefined).
+        ValueError: if the camera looks along ``up`` (the view's roll is then undefined).
     """
     pos, lookat = np.asarray(pos, dtype=float), np.asarray(lookat, dtype=float)
     fwd = lookat - pos
     fwd /= np.linalg.norm(fwd)
-    x = np.cross(fwd, [0.0, 0.0, 1.0])
+    x = np.cross(fwd, np.asarray(up, dtype=float))
     if np.linalg.norm(x) < 1e-6:
-        raise ValueError(f"camera at {pos.tolist()} looks straight up or down: choose another lookat")
+        raise ValueError(f"camera at {pos.tolist()} looks along its up {list(up)}: choose another lookat")
     x /= np.linalg.norm(x)
     y = np.cross(x, fwd)
     return np.concatenate([x, y])
@@ -156,7 +158,7 @@ def _f(v) -> str:
 
 
 def _camera_xml(c: CameraDef) -> str:
-    xyaxes = _f(camera_xyaxes(c.pos, c.lookat))
+    xyaxes = _f(camera_xyaxes(c.pos, c.lookat, c.up))
     return f'<camera name="{c.name}" pos="{_f(c.pos)}" xyaxes="{xyaxes}" fovy="{c.fovy:g}"/>'
 
 
@@ -204,7 +206,7 @@ def scene_xml(suite: TaskSuite, offscreen: tuple[int, int] = (640, 480)) -> str:
     <geom name="table" type="box" size="{tx / 2:g} {ty / 2:g} 0.015" pos="{cx:g} {cy:g} -0.015"
           material="table"/>
     {" ".join(legs)}
-    {" ".join(_camera_xml(c) for c in s.cameras)}
+    {" ".join(_camera_xml(c) for c in s.cameras if c.mount == "world")}
     {" ".join(cubes)}
   </worldbody>
 </mujoco>
@@ -263,6 +265,27 @@ def _tcp_offset(spec: mujoco.MjSpec) -> np.ndarray:
     return 0.5 * (fixed + moving)
 
 
+def _add_tcp_cameras(spec: mujoco.MjSpec, cameras) -> None:
+    """Add the cameras mounted in the tool-point frame to the ``gripper`` body (they move with the hand).
+
+    Each camera's pos, lookat and up are given in the ``tcp`` site's frame; they are mapped into the
+    gripper body's frame through the site's pose on that body.
+    """
+    site = spec.site("tcp")
+    rot = np.zeros(9)
+    mujoco.mju_quat2Mat(rot, np.asarray(site.quat, dtype=float))
+    rot = rot.reshape(3, 3)
+    origin = np.asarray(site.pos, dtype=float)
+    body = spec.body("gripper")
+    for c in cameras:
+        if c.mount != "tcp":
+            continue
+        xy = camera_xyaxes(c.pos, c.lookat, c.up)
+        cam = body.add_camera(name=c.name, pos=origin + rot @ np.asarray(c.pos, dtype=float), fovy=c.fovy)
+        cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
+        cam.alt.xyaxes = np.concatenate([rot @ xy[:3], rot @ xy[3:]])
+
+
 def build_scene(suite: TaskSuite, offscreen: tuple[int, int] = (640, 480)) -> Scene:
     """Compile the scene for ``suite``.
 
@@ -288,6 +311,7 @@ def build_scene(suite: TaskSuite, offscreen: tuple[int, int] = (640, 480)) -> Sc
     spec.body("gripper").add_site(
         name="tcp", pos=_tcp_offset(spec), quat=spec.site("gripperframe").quat, size=[0.004, 0, 0], group=4
     )
+    _add_tcp_cameras(spec, suite.scene.cameras)
     if suite.scene.render_mesh_cell > 0:
         _simplify_visual_meshes(spec, robot_assets_dir(), suite.scene.render_mesh_cell)
     if suite.scene.arm_gravity_compensation:

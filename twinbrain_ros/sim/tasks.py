@@ -34,16 +34,25 @@ import yaml
 from twinbrain_ros.core.validation import ValidationError
 
 TASK_KINDS = ("touch", "lift")
+CAMERA_MOUNTS = ("world", "tcp")
 
 
 @dataclass(frozen=True)
 class CameraDef:
-    """A fixed scene camera: position, the point it looks at and its vertical field of view."""
+    """A scene camera: position, the point it looks at and its vertical field of view.
+
+    ``mount`` is the frame ``pos``, ``lookat`` and ``up`` are given in: ``world`` (a fixed camera) or
+    ``tcp``, the tool-point frame on the gripper (x out along the jaws, z from the fixed jaw towards
+    the moving jaw), for a wrist camera that moves with the hand. ``up`` is the direction that shows
+    as up in the image (world z for fixed cameras).
+    """
 
     name: str
     pos: tuple[float, float, float]
     lookat: tuple[float, float, float]
     fovy: float
+    mount: str = "world"
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -234,21 +243,36 @@ def parse_task_suite(data: Any, source: str = "<dict>") -> TaskSuite:
     cams = []
     raw_cams = s.get("cameras")
     if not isinstance(raw_cams, dict) or not raw_cams:
-        r.problems.append("scene.cameras must be a non-empty mapping name -> {pos, lookat, fovy}")
+        r.problems.append(
+            "scene.cameras must be a non-empty mapping name -> {pos, lookat, fovy[, mount, up]}"
+        )
         raw_cams = {}
     for cname, c in raw_cams.items():
         where = f"scene.cameras.{cname}"
         if not isinstance(c, dict):
             r.problems.append(f"{where} must be a mapping")
             continue
-        cams.append(
-            CameraDef(
-                str(cname),
-                r.vec(c, "pos", where, 3),
-                r.vec(c, "lookat", where, 3),
-                r.num(c, "fovy", where, 45.0, low=1.0, high=170.0),
-            )
+        mount = c.get("mount", "world")
+        if mount not in CAMERA_MOUNTS:
+            r.problems.append(f"{where}.mount must be one of {list(CAMERA_MOUNTS)}, got {mount!r}")
+            mount = "world"
+        cam = CameraDef(
+            str(cname),
+            r.vec(c, "pos", where, 3),
+            r.vec(c, "lookat", where, 3),
+            r.num(c, "fovy", where, 45.0, low=1.0, high=170.0),
+            mount=mount,
+            up=r.vec(c, "up", where, 3, [0.0, 0.0, 1.0]),
         )
+        fwd = np.subtract(cam.lookat, cam.pos)
+        if np.all(np.isfinite(fwd)) and np.all(np.isfinite(cam.up)):
+            if np.linalg.norm(fwd) < 1e-9:
+                r.problems.append(f"{where}: lookat equals pos, the view direction is undefined")
+            elif np.linalg.norm(np.cross(fwd / np.linalg.norm(fwd), cam.up)) < 1e-6:
+                r.problems.append(
+                    f"{where}: up {list(cam.up)} is parallel to the view direction (roll undefined)"
+                )
+        cams.append(cam)
     home = s.get("home")
     if (
         not isinstance(home, list)
