@@ -154,6 +154,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="model: weights and activations of both paths (auto: bf16 on CUDA, fp32 on CPU; bf16 on a CPU "
+        "pays off where it has AVX512-BF16 or AMX)",
+    )
     p.set_defaults(func=_cmd_bench)
     return ap
 

@@ -219,3 +219,17 @@ def test_model_bench_smoke(capsys, monkeypatch):
     assert {"preprocess", "left", "right", "expert", "total"} <= set(result["fast_ms"])
     assert {"preprocess", "brains", "expert", "total", "lm_head"} <= set(result["reference_ms"])
     assert result["speedup_p50"] > 0 and result["max_abs_diff_normalised"] < 1e-3
+
+
+def test_model_bench_bf16_runs_both_paths_in_bf16(capsys, monkeypatch):
+    from twinbrain_ros.bench import model_bench
+
+    monkeypatch.setattr(model_bench, "MIN_ITERS", 2)
+    a = argparse.Namespace(json=True, device="cpu", preset="tiny", duration=0.1, dtype="bf16")
+    assert model_bench.main(a) == 0
+    out = capsys.readouterr().out
+    assert "(cpu, bfloat16," in out
+    result = json.loads(out.strip().splitlines()[-1])["results"]["tiny"]
+    assert result["dtype"] == "bfloat16" and "reference_ms" in result
+    # bf16 rounding (8 mantissa bits) through two brains and 4 Euler steps: close, not equal
+    assert 0 < result["max_abs_diff_normalised"] < 0.1

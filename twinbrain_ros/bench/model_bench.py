@@ -26,7 +26,7 @@ CPU (default): presets ``tiny`` and ``small150m`` in about 1-2 minutes on 2 core
 ``--device cuda --preset qwen3-vl-4b`` builds the full 4B-dimension model with random bf16 weights.
 
 Usage:
-    twinbrain bench model [--json] [--device cpu|cuda] [--preset tiny|small150m|qwen3-vl-4b]
+    twinbrain bench model [--json] [--device cpu|cuda] [--dtype auto|fp32|bf16] [--preset tiny|small150m|qwen3-vl-4b]
 """
 
 from __future__ import annotations
@@ -53,7 +53,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(name: str, device: str, seed: int = 0):
+def _dtype(device: str, dtype: str | None):
+    """``auto``/None: bfloat16 on CUDA, float32 on CPU; ``bf16`` or ``fp32`` as asked."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+
+
+def _build(name: str, device: str, seed: int = 0, dtype: str | None = None):
     """(policy, model, embodiment, parameter count) for a preset, random weights."""
     import torch
 
@@ -74,7 +83,7 @@ def _build(name: str, device: str, seed: int = 0):
             base.action_expert, action_dim=emb.num_joints, horizon=emb.action.horizon
         )
         config = dataclasses.replace(base, action_expert=expert)
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    dtype = _dtype(device, dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config, dtype=dtype, device=device)
@@ -159,12 +168,17 @@ def _stats(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {key: percentiles([r[key] for r in runs]) for key in runs[0]}
 
 
-def bench_preset(name: str, device: str, seconds: float, reference: bool = True) -> dict[str, Any]:
-    """Fast and reference latency of one preset, interleaved; ``seconds`` per path (at least 5 runs each)."""
+def bench_preset(
+    name: str, device: str, seconds: float, reference: bool = True, dtype: str | None = None
+) -> dict[str, Any]:
+    """Fast and reference latency of one preset, interleaved; ``seconds`` per path (at least 5 runs each).
+
+    Both paths run the same weights in the same dtype (``dtype``: see :func:`_dtype`).
+    """
     from twinbrain_ros.policy import fake_observation
 
     t_build = time.perf_counter()
-    policy, model, emb, n_params = _build(name, device)
+    policy, model, emb, n_params = _build(name, device, dtype=dtype)
     build_s = time.perf_counter() - t_build
     obs = fake_observation(emb, seed=1)
     noise = np.random.default_rng(0).standard_normal((1, policy.horizon, policy.action_dim), dtype=np.float32)
@@ -176,7 +190,8 @@ def bench_preset(name: str, device: str, seconds: float, reference: bool = True)
         return _reference_infer(policy, model, obs, noise, device)[1]
 
     paths: dict[str, Any] = {"fast": fast}
-    result: dict[str, Any] = {"params_m": n_params / 1e6, "build_s": build_s}
+    result: dict[str, Any] = {"params_m": n_params / 1e6, "build_s": build_s,
+                              "dtype": str(_dtype(device, dtype)).removeprefix("torch.")}  # fmt: skip
     if reference:
         try:
             slow()
@@ -247,11 +262,13 @@ def main(a) -> int:
     # Each path gets a share of --duration (default 10 s) so the CPU run stays near 1-2 minutes.
     seconds = max(1.0, float(getattr(a, "duration", 10.0) or 10.0) / 2)
     load_before = os.getloadavg()[0]
-    results = {name: bench_preset(name, device, seconds) for name in presets}
+    dtype = getattr(a, "dtype", None) or "auto"
+    results = {name: bench_preset(name, device, seconds, dtype=dtype) for name in presets}
     load_after = os.getloadavg()[0]
     rows = [row for name, r in results.items() for row in _rows(name, r)]
     print_table(
-        f"twinbrain bench model ({device}, torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"twinbrain bench model ({device}, {str(_dtype(device, dtype)).removeprefix('torch.')}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads)",
         rows,
     )
     checked = [r["speedup_p50"] for n, r in results.items() if n != "tiny" and "speedup_p50" in r]
