@@ -26,7 +26,8 @@ CPU (default): presets ``tiny`` and ``small150m`` in about 1-2 minutes on 2 core
 ``--device cuda --preset qwen3-vl-4b`` builds the full 4B-dimension model with random bf16 weights.
 
 Usage:
-    twinbrain bench model [--json] [--device cpu|cuda] [--dtype auto|fp32|bf16] [--preset tiny|small150m|qwen3-vl-4b]
+    twinbrain bench model [--json] [--device cpu|cuda] [--dtype auto|fp32|bf16]
+        [--preset tiny|small150m|qwen3-vl-4b]
 """
 
 from __future__ import annotations
