@@ -206,6 +206,26 @@ def test_only_success_and_existing_output(tmp_path, episodes):
         convert_episodes([tmp_path / "ds"], tmp_path / "ds5")
 
 
+def test_scene_groups_are_kept_or_dropped_whole(tmp_path, emb):
+    """record-sim --each-task pairs: a failed episode takes its scene partner out with it."""
+    d = tmp_path / "eps"
+    ok = [True, True, True, False, True, True]  # scene 1's second instruction failed
+    for i, success in enumerate(ok):
+        synth_episode(d, emb, i, seconds=0.4, seed=i, instruction=("red", "blue")[i % 2], success=success)
+    rep = convert_episodes([d], tmp_path / "ds", ConvertOptions(only_success=True, scene_group=2))
+    assert [e["source"].rsplit("_", 1)[-1] for e in rep.episodes] == ["000000.mcap", "000001.mcap",
+                                                                        "000004.mcap", "000005.mcap"]
+    dropped = {s["source"].rsplit("_", 1)[-1]: s["reason"] for s in rep.skipped}
+    assert dropped == {"000002.mcap": "scene group 1: episode_000003.mcap is not marked successful",
+                       "000003.mcap": "scene group 1: episode_000003.mcap is not marked successful"}
+    # without groups only the failed one goes, and the pairs after it shift by one
+    rep = convert_episodes([d], tmp_path / "ds2", ConvertOptions(only_success=True))
+    assert len(rep.episodes) == 5
+    with pytest.raises(ConvertError, match="6 episode files do not split into scene groups of 4"):
+        convert_episodes([d], tmp_path / "ds3", ConvertOptions(scene_group=4))
+    _nothing_left(tmp_path / "ds3")
+
+
 def test_cli_convert_reports_problems(tmp_path, episodes, capsys):
     ap = argparse.ArgumentParser()
     add_convert_arguments(ap)

@@ -278,7 +278,8 @@ def test_scene_group_batches_hold_each_scene_under_both_instructions(tiny_init, 
     plain = build_trainer(config(tmp_path / "p", tiny_init, batch_size=4), source)
     assert plain._sampler().partners is None
     odd = synthetic_source(num_episodes=3, episode_length=24, joint_names=source.state_names)
-    with pytest.raises(ValidationError, match="--scene-group 2: 3 episodes do not split"):
+    hint = "convert with --scene-group 2"
+    with pytest.raises(ValidationError, match=f"--scene-group 2: 3 episodes do not split(.|\n)*{hint}"):
         build_trainer(config(tmp_path / "o", tiny_init, scene_group=2, batch_size=4), odd)
 
 

@@ -60,6 +60,13 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--include-partial", action="store_true", help="also convert partial/recovered episodes")
     p.add_argument("--only-success", action="store_true", help="only episodes marked successful")
+    p.add_argument(
+        "--scene-group",
+        type=int,
+        default=0,
+        help="episodes come in consecutive groups of G, one scene per instruction (record-sim --each-task): "
+        "keep or drop each group whole, so that train --scene-group G finds every pair (0 = off)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip bad episodes (reported) instead of failing")
     p.add_argument("--tolerance", type=float, default=0.0, help="future tolerance of the as-of selection, s")
     p.add_argument(
@@ -85,6 +92,7 @@ def convert_main(args: argparse.Namespace) -> int:
         include_partial=args.include_partial,
         only_success=args.only_success,
         skip_bad=args.skip_bad,
+        scene_group=args.scene_group,
         tolerance_s=args.tolerance,
         phase_s=args.phase,
         max_age_s=args.max_age,

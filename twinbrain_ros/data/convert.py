@@ -75,6 +75,11 @@ class ConvertOptions:
         include_partial: also convert partial (read up to the damage) and recovered episodes.
         only_success: convert only episodes marked successful.
         skip_bad: skip (and report) bad episodes instead of failing the whole conversion.
+        scene_group: episodes come in consecutive groups of this many, one scene under each
+            instruction (``twinbrain record-sim --each-task``; 0 = no groups). A group is kept or
+            dropped whole: with ``only_success`` one failed episode drops its partners too (so that
+            ``twinbrain train --scene-group`` still finds every scene's pair), and with ``skip_bad``
+            an unreadable one does. The files, in name order, must split into such groups.
         tolerance_s: FrameSync future tolerance (clock offsets between publishers), s.
         phase_s: delay of the grid after the first camera's frames; default estimated from the
             camera's stamp jitter (3 sigma + 0.5 ms, at most half a frame).
@@ -94,6 +99,7 @@ class ConvertOptions:
     include_partial: bool = False
     only_success: bool = False
     skip_bad: bool = False
+    scene_group: int = 0
     tolerance_s: float = 0.0
     phase_s: float | None = None
     max_age_s: float | None = None
@@ -581,6 +587,7 @@ def convert_episodes(
     if not (0.0 <= tol < 1.0 / fps):
         raise ConvertError([f"tolerance_s must be in [0, 1/fps), got {tol}"])
     report = ConvertReport(output=str(out), fps=fps, skipped=skipped)
+    files = _whole_scene_groups(files, opts, report)
     cams = {c.name: (c.height, c.width, 3) for c in ref.cameras}
     features = make_features(ref.joint_names, cams)
     writer: LeRobotV3Writer | None = None
@@ -649,6 +656,46 @@ def convert_episodes(
         raise
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _whole_scene_groups(files: list[Path], opts: ConvertOptions, report: ConvertReport) -> list[Path]:
+    """The files of the scene groups (``opts.scene_group``) in which no episode will be dropped.
+
+    A group loses all its episodes (each reported in ``report.skipped``) when one of them is not
+    marked successful (with ``only_success``) or cannot be read (with ``skip_bad``; without it the
+    conversion fails on that file as usual). Episodes that fail later, during conversion proper
+    (stale streams), are not foreseen here: ``twinbrain train --scene-group`` then names the groups
+    whose tasks no longer line up.
+
+    Raises:
+        ConvertError: if ``scene_group`` is negative or the files do not split into groups of it.
+    """
+    g = int(opts.scene_group)
+    if g < 0:
+        raise ConvertError([f"scene_group must be >= 0, got {g}"])
+    if g <= 1:
+        return files
+    if len(files) % g:
+        raise ConvertError([f"{len(files)} episode files do not split into scene groups of {g}"])
+    kept: list[Path] = []
+    for i in range(0, len(files), g):
+        group, why = files[i : i + g], None
+        for f in group:
+            try:
+                info = me.read_episode_info(f)
+            except me.EpisodeError as e:
+                if not opts.skip_bad:
+                    break  # the conversion proper fails on it, naming the file
+                why = f"{f.name} is unreadable: {e}"
+                break
+            if opts.only_success and info.success is not True:
+                why = f"{f.name} is not marked successful"
+                break
+        if why is None:
+            kept.extend(group)
+            continue
+        report.skipped += [{"source": str(f), "reason": f"scene group {i // g}: {why}"} for f in group]
+    return kept
 
 
 def _reference_embodiment(files: Sequence[Path], opts: ConvertOptions) -> Embodiment:

@@ -1350,7 +1350,11 @@ def build_trainer(
         try:
             scene_partners(source.episode_index, source.task_index, config.scene_group)
         except ValueError as err:
-            problems.append(f"--scene-group {config.scene_group}: {err}")
+            problems.append(
+                f"--scene-group {config.scene_group}: {err} (a converter that dropped single episodes, e.g. "
+                f"--only-success after a failed one, breaks the pairs: convert with --scene-group "
+                f"{config.scene_group} to keep or drop each scene whole)"
+            )
     if problems:
         raise ValidationError(problems)
     binary = gripper_dims(emb.joint_names) if config.binary_gripper else []
