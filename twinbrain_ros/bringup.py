@@ -129,12 +129,23 @@ def load_profile(name_or_path: str) -> Profile:
 
 
 def plan(
-    profile: Profile, *, model: str = "", namespace: str = "", use_sim_time: bool = False
+    profile: Profile,
+    *,
+    model: str = "",
+    namespace: str = "",
+    use_sim_time: bool = False,
+    embodiment: str = "",
 ) -> list[NodeLaunch]:
-    """The nodes a profile starts, with the launch arguments applied as parameter overrides."""
+    """The nodes a profile starts, with the launch arguments applied as parameter overrides.
+
+    ``embodiment`` (a contract name or YAML path) replaces the profile's contract in every node, so
+    that one switch moves the whole graph to another robot or camera set (e.g. ``so101_sim_wrist``).
+    """
     out = []
     for name in profile.nodes:
         overrides: dict[str, Any] = {"use_sim_time": bool(use_sim_time)}
+        if embodiment:
+            overrides["embodiment"] = str(embodiment)
         if model and name == "policy_node":
             overrides["model_dir"] = model
         out.append(

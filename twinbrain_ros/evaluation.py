@@ -429,7 +429,8 @@ def run_ros(
     from twinbrain_ros.srv import GetTaskStatus, ResetEpisode
 
     _checkpoint_embodiment(model_dir)  # a clear error for a directory that is not a checkpoint
-    emb = load_embodiment(str(Path(model_dir) / "embodiment.yaml"))
+    contract = (Path(model_dir) / "embodiment.yaml").resolve()
+    emb = load_embodiment(str(contract))
     base = load_profile("sim_mujoco")
     data = {k: {"ros__parameters": dict(v)} for k, v in base.nodes.items()}
     pol = data["policy_node"]["ros__parameters"]
@@ -440,15 +441,14 @@ def run_ros(
     if min_inference_rate_hz is not None:
         pol["min_inference_rate_hz"] = float(min_inference_rate_hz)
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
-    for params in data.values():  # every node on the checkpoint's contract (its cameras, e.g. a wrist view)
-        if "embodiment" in params["ros__parameters"]:
-            params["ros__parameters"]["embodiment"] = str((Path(model_dir) / "embodiment.yaml").resolve())
     first_task, first_seed = episodes[0]
     data["sim_node"]["ros__parameters"].update(task=first_task, seed=int(first_seed))
     tmp = Path(tempfile.mkdtemp(prefix="twinbrain_eval_sim_"))
     (tmp / "eval_sim.yaml").write_text(yaml.safe_dump(data))
     procs = run_background(
-        plan(load_profile(str(tmp / "eval_sim.yaml")), use_sim_time=True), log_dir=log_dir or tmp / "logs"
+        # every node on the checkpoint's contract (its cameras, e.g. a wrist view)
+        plan(load_profile(str(tmp / "eval_sim.yaml")), use_sim_time=True, embodiment=str(contract)),
+        log_dir=log_dir or tmp / "logs",
     )
     tel = Telemetry()
     results: list[EpisodeResult] = []

@@ -192,7 +192,7 @@ def bench_preset(
 
     paths: dict[str, Any] = {"fast": fast}
     result: dict[str, Any] = {"params_m": n_params / 1e6, "build_s": build_s,
-                              "dtype": str(_dtype(device, dtype)).removeprefix("torch.")}  # fmt: skip
+                              "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}  # fmt: skip
     if reference:
         try:
             slow()

@@ -143,15 +143,14 @@ def record_sim(
     data["sim_node"]["ros__parameters"]["real_time_factor"] = float(real_time_factor)
     if embodiment is not None:
         load_embodiment(embodiment)  # fail here, naming the field, rather than in three nodes' logs
-        for params in data.values():
-            params["ros__parameters"]["embodiment"] = str(embodiment)
     if expert_rate_hz is not None:
         data["expert_node"]["ros__parameters"]["rate_hz"] = float(expert_rate_hz)
         data["recorder_node"]["ros__parameters"]["action_rate_hz"] = float(expert_rate_hz)
     tmp = Path(tempfile.mkdtemp(prefix="twinbrain_record_sim_"))
     (tmp / "record_sim.yaml").write_text(yaml.safe_dump(data))
     procs = run_background(
-        plan(load_profile(str(tmp / "record_sim.yaml")), use_sim_time=True), log_dir=log_dir or tmp / "logs"
+        plan(load_profile(str(tmp / "record_sim.yaml")), use_sim_time=True, embodiment=embodiment or ""),
+        log_dir=log_dir or tmp / "logs",
     )
     rclpy.init()
     node = rclpy.create_node("record_sim_driver")
