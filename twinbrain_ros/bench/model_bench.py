@@ -191,8 +191,8 @@ def bench_preset(
         return _reference_infer(policy, model, obs, noise, device)[1]
 
     paths: dict[str, Any] = {"fast": fast}
-    result: dict[str, Any] = {"params_m": n_params / 1e6, "build_s": build_s,
-                              "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}  # fmt: skip
+    built_in = str(next(model.parameters()).dtype).removeprefix("torch.")
+    result: dict[str, Any] = {"params_m": n_params / 1e6, "build_s": build_s, "dtype": built_in}
     if reference:
         try:
             slow()
