@@ -2,7 +2,7 @@
 """Start the twinbrain_ros node graph described by a profile in config/profiles/.
 
     ros2 launch twinbrain_ros policy.launch.py profile:=robot model:=/path/to/models/NAME \
-        namespace:=arm1 use_sim_time:=false
+        namespace:=arm1 use_sim_time:=false embodiment:=so101
 
 The node list and parameters come from the profile through twinbrain_ros.bringup.plan(), the same
 function `twinbrain bringup PROFILE` uses, so both always start the same graph.
@@ -23,6 +23,7 @@ def _nodes(context, *args, **kwargs):
         model=get("model"),
         namespace=get("namespace"),
         use_sim_time=get("use_sim_time").lower() in ("1", "true", "yes"),
+        embodiment=get("embodiment"),
     )
     return [
         Node(
@@ -54,6 +55,12 @@ def generate_launch_description():
             ),
             DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node."),
             DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock time."),
+            DeclareLaunchArgument(
+                "embodiment",
+                default_value="",
+                description="Embodiment contract (name in config/embodiments or a YAML path) for every node; "
+                "empty keeps the profile's.",
+            ),
             OpaqueFunction(function=_nodes),
         ]
     )

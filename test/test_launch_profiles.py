@@ -90,6 +90,7 @@ def _evaluate_launch(monkeypatch, args: dict[str, str]) -> list[dict]:
 @pytest.mark.parametrize(
     "args",
     [{}, {"namespace": "arm1", "use_sim_time": "true", "model": "models/x"}]
+    + [{"embodiment": "so101_sim_wrist"}]
     + [{"sim": sim, "use_sim_time": "true"} for sim in SIMULATORS],
 )
 def test_launch_file_and_bringup_start_the_same_graph(monkeypatch, profile, args):
@@ -99,7 +100,10 @@ def test_launch_file_and_bringup_start_the_same_graph(monkeypatch, profile, args
         model=args.get("model", ""),
         namespace=args.get("namespace", ""),
         use_sim_time=args.get("use_sim_time") == "true",
+        embodiment=args.get("embodiment", ""),
     )
+    if "embodiment" in args:  # one switch moves every node to the contract
+        assert all(n["parameters"][1]["embodiment"] == args["embodiment"] for n in launched)
     assert [n["executable"] for n in launched] == [p.executable for p in planned]
     assert [n["name"] for n in launched] == [p.name for p in planned]
     for n, p in zip(launched, planned, strict=True):

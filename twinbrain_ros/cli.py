@@ -20,7 +20,10 @@ def _cmd_bringup(a: argparse.Namespace) -> int:
     from twinbrain_ros.bringup import command, load_profile, plan, profile_for, run
 
     profile = profile_for(a.profile, a.sim)
-    nodes = plan(load_profile(profile), model=a.model, namespace=a.namespace, use_sim_time=a.use_sim_time)
+    nodes = plan(
+        load_profile(profile), model=a.model, namespace=a.namespace, use_sim_time=a.use_sim_time,
+        embodiment=a.embodiment,
+    )
     if a.dry_run:
         for n in nodes:
             print(" ".join(command(n)))
@@ -68,6 +71,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="checkpoint directory for the policy node")
     p.add_argument("--namespace", default="")
     p.add_argument("--use-sim-time", action="store_true")
+    p.add_argument(
+        "--embodiment", default="",
+        help="embodiment contract (name or YAML path) for every node, replacing the profile's",
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     p.set_defaults(func=_cmd_bringup)

@@ -74,6 +74,31 @@ def test_record_sim_expert_rate(tmp_path, ros_domain, monkeypatch):
         assert len(stamps) > 20 and abs(float(np.median(dt)) - 0.02) < 2e-3, (path.name, np.round(dt[:20], 4))
 
 
+def test_record_sim_recovery_demo(tmp_path, ros_domain, monkeypatch):
+    """--expert-miss-prob reaches the expert node: the recorded commands close the jaws twice (a missed
+    grasp, then the re-grasp) and the episode still ends with the cube lifted."""
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    import numpy as np
+
+    from twinbrain_ros.data.mcap_episode import iter_messages
+    from twinbrain_ros.data.sim_record import record_sim
+
+    out = tmp_path / "episodes"
+    res = record_sim(str(out), 1, ["lift_red_cube"], seed=101, real_time_factor=3.0, max_episode_s=14.0,
+                     log_dir=tmp_path / "logs", expert_miss_prob=1.0)  # fmt: skip
+    assert res[0]["success"], res
+    (path,) = sorted(out.glob("episode_*.mcap"))
+    msgs = iter_messages(path, ["/teleop/joint_command"])
+    grip = np.array([m.points[0].positions[5] for _topic, _t, m in msgs])
+    closed = grip < 0.0  # open is 0.6-0.85 rad, closed -0.17
+    closes = int(np.sum(closed[1:] & ~closed[:-1]))
+    assert closes == 2, np.round(grip[::10], 2)
+    log = (tmp_path / "logs" / "expert_node.log").read_text()
+    assert "aimed off the object on purpose" in log and "attempt 2" in log
+    with pytest.raises(ValueError, match="expert_miss_prob"):
+        record_sim(str(tmp_path / "x"), 1, ["lift_red_cube"], expert_miss_prob=2.0)
+
+
 def test_record_sim_wrist_contract_records_both_cameras(tmp_path, ros_domain, monkeypatch):
     """--embodiment so101_sim_wrist reaches every node: the sim renders the wrist view, the recorder too."""
     monkeypatch.setenv("MUJOCO_GL", "egl")

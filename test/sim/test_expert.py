@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twinbrain_ros.sim.expert import ArmIK, ScriptedExpert, run_episode, top_down_rotation
+from twinbrain_ros.sim.expert import ArmIK, ExpertConfig, ScriptedExpert, run_episode, top_down_rotation
 
 pytestmark = pytest.mark.sim
 
@@ -81,3 +81,49 @@ def test_expert_success_at_other_rates(env):
     for hz in (10.0, 50.0):
         r = run_episode(env, expert, "lift_blue_cube", 7, control_dt=1 / hz, settle_time=0.5)
         assert r.success, f"{hz} Hz: {r.message}"
+
+
+def test_deliberate_miss_then_regrasp(env):
+    """miss_prob = 1: the first close is 2-3 cm off the cube and empty, the second attempt lifts it."""
+    expert = ScriptedExpert(env.scene, ExpertConfig(miss_prob=1.0))
+    env.reset(101, "lift_red_cube")
+    expert.reset(env.task, 101)
+    closes: dict[int, np.ndarray] = {}
+    while env.episode_time < env.task.time_limit_s and not expert.done:
+        q = expert.act(env.episode_time, env.joint_positions(), env.object_poses())
+        if expert.phase == "close" and expert.attempt not in closes:
+            tcp = expert.ik.fk(env.joint_positions())[0]
+            closes[expert.attempt] = tcp[:2] - env.object_poses()["red_cube"].pos[:2]
+        env.set_joint_targets(q)
+        env.step(1 / 30)
+    assert expert.phase == "hold" and expert.attempt == 2, (expert.phase, expert.attempt)
+    assert env.task_status().success
+    # The first grasp was aimed off the cube (the aim is 2-3 cm off; the fixed jaw's clearance shifts it
+    # by <= 9 mm), the re-grasp on it.
+    assert np.linalg.norm(closes[1]) > 0.011, closes
+    assert np.linalg.norm(closes[2]) < 0.011, closes
+
+
+def test_miss_prob_zero_and_touch_are_unchanged(env):
+    plain = ScriptedExpert(env.scene)
+    a = _commands(env, plain, "lift_blue_cube", 5, steps=60)
+    b = _commands(env, ScriptedExpert(env.scene, ExpertConfig(miss_prob=0.0)), "lift_blue_cube", 5, steps=60)
+    np.testing.assert_array_equal(a, b)
+    c = _commands(env, plain, "touch_red_cube", 5, steps=60)
+    d = _commands(env, ScriptedExpert(env.scene, ExpertConfig(miss_prob=1.0)), "touch_red_cube", 5, steps=60)
+    np.testing.assert_array_equal(c, d)  # a miss only makes sense where there is a grasp to recover
+    e = _commands(env, ScriptedExpert(env.scene, ExpertConfig(miss_prob=1.0)), "lift_blue_cube", 5, steps=60)
+    assert np.abs(e - a).max() > 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"miss_prob": 1.5}, "miss_prob"),
+        ({"miss_offset": (0.03, 0.02)}, "miss_offset"),
+        ({"max_attempts": 0}, "max_attempts"),
+    ],
+)
+def test_expert_config_is_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ExpertConfig(**kwargs)

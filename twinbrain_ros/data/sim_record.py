@@ -53,6 +53,14 @@ def add_record_sim_arguments(p: argparse.ArgumentParser) -> None:
         help="embodiment contract (name or YAML path) for every node, e.g. so101_sim_wrist to record the "
         "wrist camera too (default: the record_sim profile's so101_sim)",
     )
+    p.add_argument(
+        "--expert-miss-prob",
+        type=float,
+        default=None,
+        help="probability that a lift episode's first grasp is aimed 2-3 cm off the object on purpose, so "
+        "the demo shows the empty lift and the re-grasp (recovery data; default 0). Give a --max-episode-s "
+        "that leaves time for the second attempt (~9 s)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
@@ -120,6 +128,7 @@ def record_sim(
     each_task: bool = False,
     expert_rate_hz: float | None = None,
     embodiment: str | None = None,
+    expert_miss_prob: float | None = None,
 ) -> list[dict]:
     """Record ``episodes`` episodes; returns one summary dict per episode.
 
@@ -127,6 +136,8 @@ def record_sim(
     ``seed + i // len(tasks)`` so that every scene is recorded once with each task's instruction.
     ``expert_rate_hz`` sets the expert's command rate (and the recorder's expected action rate).
     ``embodiment`` replaces the profile's contract in every node (the recorder records its cameras).
+    ``expert_miss_prob`` makes that share of lift episodes start with a deliberate missed grasp
+    (:class:`~twinbrain_ros.sim.expert.ExpertConfig`).
     """
     import rclpy
     from std_msgs.msg import String
@@ -146,6 +157,10 @@ def record_sim(
     if expert_rate_hz is not None:
         data["expert_node"]["ros__parameters"]["rate_hz"] = float(expert_rate_hz)
         data["recorder_node"]["ros__parameters"]["action_rate_hz"] = float(expert_rate_hz)
+    if expert_miss_prob is not None:
+        if not 0.0 <= expert_miss_prob <= 1.0:
+            raise ValueError(f"expert_miss_prob: {expert_miss_prob} is not in [0, 1]")
+        data["expert_node"]["ros__parameters"]["miss_prob"] = float(expert_miss_prob)
     tmp = Path(tempfile.mkdtemp(prefix="twinbrain_record_sim_"))
     (tmp / "record_sim.yaml").write_text(yaml.safe_dump(data))
     procs = run_background(
@@ -225,6 +240,7 @@ def record_sim_main(a: argparse.Namespace) -> int:
     res = record_sim(
         a.out, a.episodes, tasks, a.seed, a.max_episode_s, a.settle_s, a.real_time_factor,
         each_task=a.each_task, expert_rate_hz=a.expert_rate_hz, embodiment=a.embodiment,
+        expert_miss_prob=a.expert_miss_prob,
     )
     n_ok = sum(r["success"] for r in res)
     print(f"record-sim: episodes={len(res)} success={n_ok}/{len(res)} out={a.out}")

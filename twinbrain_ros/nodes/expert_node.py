@@ -32,7 +32,7 @@ from twinbrain_ros.ros.conversions import joint_state_from_msg, sec_to_time, tim
 from twinbrain_ros.ros.params import declare_and_read, param
 from twinbrain_ros.ros.qos import instruction_qos, joint_state_qos
 from twinbrain_ros.sim.env import ObjectPose
-from twinbrain_ros.sim.expert import ScriptedExpert
+from twinbrain_ros.sim.expert import ExpertConfig, ScriptedExpert
 from twinbrain_ros.sim.scene import ROBOT_JOINTS, build_scene
 from twinbrain_ros.sim.tasks import load_task_suite
 
@@ -48,6 +48,12 @@ class ExpertParams:
     rate_hz: float = param(30.0, "Command rate in sim time.", low=1.0, high=500.0)
     seed_offset: int = param(
         0, "Added to each episode's seed to vary the expert independently.", low=0, high=2**31 - 1
+    )
+    miss_prob: float = param(
+        0.0,
+        "Probability that a lift episode's first grasp is aimed off the object on purpose (recovery demos).",
+        low=0.0,
+        high=1.0,
     )
     command_interface: str = param(
         "joint_trajectory", "Type of the command topic.", choices=COMMAND_INTERFACES
@@ -73,7 +79,7 @@ class ExpertNode(Node):
                 ]
             )
         self.suite = load_task_suite(self.p.tasks)
-        self.expert = ScriptedExpert(build_scene(self.suite))
+        self.expert = ScriptedExpert(build_scene(self.suite), ExpertConfig(miss_prob=self.p.miss_prob))
         self.episode: dict | None = None
         self.objects: dict[str, ObjectPose] | None = None
         self.failure: ValidationError | None = None
@@ -180,8 +186,9 @@ class ExpertNode(Node):
         self._publish(t, target)
         if self.expert.phase != self._last_phase:
             self._last_phase = self.expert.phase
+            miss = " (aimed off the object on purpose)" if self.expert.miss_xy.any() else ""
             self.get_logger().info(
-                f"t={t_ep:.2f} s: phase {self.expert.phase} (attempt {self.expert.attempt})"
+                f"t={t_ep:.2f} s: phase {self.expert.phase} (attempt {self.expert.attempt}){miss}"
             )
 
     # --- output ---------------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ following a small phase machine per task kind:
 - ``lift``: the same approach, close the jaws, lift, hold; if the object is not in the hand after the
   lift it opens, backs off and tries again (a few times).
 
+Recovery demonstrations: with ``ExpertConfig.miss_prob`` > 0 the first grasp attempt of an episode is,
+with that probability, aimed deliberately off the object's centre (``miss_offset`` metres, in a random
+horizontal direction), so the recording shows a closed empty hand after the lift and the re-grasp that
+follows. A policy trained only on clean first-try grasps never sees that state and does not recover
+from its own misses (the DART argument, Laskey et al. 2017, applied to the grasp). The miss draws use
+their own random stream: with ``miss_prob`` = 0 every episode is exactly what it was without it.
+
 Poses become joint targets through :class:`ArmIK`: damped least squares on MuJoCo Jacobians, on a
 private ``MjData`` of the same scene (never the simulator's), position first and the gripper's
 orientation (pointing down, jaws across a pair of the cube's faces) in the position task's null
@@ -168,6 +175,19 @@ class ExpertConfig:
     settle_tol: float = 0.02
     settle_timeout: float = 1.0
     max_attempts: int = 3
+    miss_prob: float = 0.0
+    miss_offset: tuple[float, float] = (0.02, 0.03)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.miss_prob <= 1.0:
+            problems.append(f"miss_prob: {self.miss_prob} is not in [0, 1]")
+        if not 0.0 <= self.miss_offset[0] <= self.miss_offset[1]:
+            problems.append(f"miss_offset: {self.miss_offset} is not an interval 0 <= low <= high (m)")
+        if self.max_attempts < 1:
+            problems.append(f"max_attempts: {self.max_attempts} < 1")
+        if problems:
+            raise ValueError("ExpertConfig: " + "; ".join(problems))
 
 
 class ScriptedExpert:
@@ -192,6 +212,13 @@ class ScriptedExpert:
         self.attempt = 0
         self.phase = "start"
         self._draw()
+        # The deliberate miss has its own stream so that miss_prob = 0 leaves every episode unchanged.
+        miss_rng = np.random.default_rng([int(seed), 0x3155])
+        u, r = miss_rng.uniform(), miss_rng.uniform(*self.cfg.miss_offset)
+        ang = miss_rng.uniform(0.0, 2.0 * np.pi)
+        self.missed_on_purpose = task.kind == "lift" and u < self.cfg.miss_prob
+        self._miss_first = r * np.array([np.cos(ang), np.sin(ang)]) if self.missed_on_purpose else np.zeros(2)
+        self.miss_xy = np.zeros(2)
 
     def _draw(self) -> None:
         c, r = self.cfg, self._rng
@@ -239,6 +266,7 @@ class ScriptedExpert:
 
     def _begin_attempt(self, t: float, q: np.ndarray, obj_pos: np.ndarray, obj_yaw: float) -> None:
         self.attempt += 1
+        self.miss_xy = self._miss_first if self.attempt == 1 else np.zeros(2)
         self.q_start = q.copy()
         self.rot = top_down_rotation(self._jaw_yaw(q, obj_pos, obj_yaw))
         self.q_cmd = q.copy()
@@ -261,7 +289,8 @@ class ScriptedExpert:
         return float(cands[int(np.argmin(cost))])
 
     def _hover_pos(self, obj_pos: np.ndarray) -> np.ndarray:
-        return obj_pos + np.array([self.hover_xy[0], self.hover_xy[1], self.hover_h])
+        xy = self.hover_xy + self.miss_xy
+        return obj_pos + np.array([xy[0], xy[1], self.hover_h])
 
     def _track(self, pos: np.ndarray) -> np.ndarray:
         self.q_cmd, _ = self.ik.solve(self.q_cmd, pos, self.rot)
@@ -292,7 +321,8 @@ class ScriptedExpert:
         # 1 mm inside the cube's face. Shift away from the moving jaw so that the fixed jaw clears the
         # face on the way down; closing pushes the cube against it.
         h = self.touch_h if self.task.kind == "touch" else self.grasp_h
-        return obj_pos + np.array([0.0, 0.0, h]) - self.clearance * self.rot[:, 2]
+        aim = np.array([self.miss_xy[0], self.miss_xy[1], h])
+        return obj_pos + aim - self.clearance * self.rot[:, 2]
 
     def _phase_descend(self, t: float, q: np.ndarray, obj_pos: np.ndarray) -> np.ndarray:
         goal = self._low_pos(obj_pos)
@@ -365,6 +395,7 @@ class EpisodeResult:
     first_success_time: float | None
     final_distance: float
     steps: int
+    attempts: int
     message: str
 
 
@@ -402,6 +433,7 @@ def run_episode(
         env.first_success_time,
         st.distance,
         steps,
+        expert.attempt,
         f"phase {expert.phase}, attempt {expert.attempt}: {st.message}",
     )
 
@@ -416,11 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--control-hz", type=float, default=30.0)
+    ap.add_argument(
+        "--miss-prob", type=float, default=0.0,
+        help="probability that a lift episode's first grasp is aimed off-centre on purpose (recovery demos)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="print failed episodes")
     a = ap.parse_args(argv)
     env = SimEnv(a.suite)
     try:
-        expert = ScriptedExpert(env.scene)
+        expert = ScriptedExpert(env.scene, ExpertConfig(miss_prob=a.miss_prob))
         for task in a.tasks or env.suite.task_names:
             t0 = time.perf_counter()
             results = [
@@ -429,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
             ok = sum(r.success for r in results)
             times = [r.first_success_time for r in results if r.first_success_time is not None]
+            retried = sum(r.attempts > 1 for r in results)
             print(
                 f"{task}: {ok}/{len(results)} = {100.0 * ok / len(results):.1f}% success, "
+                f"{retried} with a re-grasp, "
                 f"mean time to success {np.mean(times) if times else float('nan'):.2f} s, "
                 f"{time.perf_counter() - t0:.1f} s wall",
                 flush=True,
