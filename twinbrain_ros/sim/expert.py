@@ -216,8 +216,8 @@ class ScriptedExpert:
         miss_rng = np.random.default_rng([int(seed), 0x3155])
         u, r = miss_rng.uniform(), miss_rng.uniform(*self.cfg.miss_offset)
         ang = miss_rng.uniform(0.0, 2.0 * np.pi)
-        self.missed_on_purpose = task.kind == "lift" and u < self.cfg.miss_prob
-        self._miss_first = r * np.array([np.cos(ang), np.sin(ang)]) if self.missed_on_purpose else np.zeros(2)
+        miss = task.kind == "lift" and u < self.cfg.miss_prob
+        self._miss_first = r * np.array([np.cos(ang), np.sin(ang)]) if miss else np.zeros(2)
         self.miss_xy = np.zeros(2)
 
     def _draw(self) -> None:
